@@ -1,0 +1,26 @@
+"""splitpack: compile a trained DNN into a bundle of head/tail variants for end-edge co-inference."""
+
+from splitpack.errors import (
+    InternalError,
+    InvalidBundleError,
+    InvalidConfigError,
+    InvalidDatasetError,
+    InvalidModelError,
+    SplitpackError,
+    UnsupportedCutError,
+    WireFormatError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "SplitpackError",
+    "InvalidModelError",
+    "InvalidDatasetError",
+    "InvalidConfigError",
+    "InvalidBundleError",
+    "UnsupportedCutError",
+    "WireFormatError",
+    "InternalError",
+]
