@@ -39,12 +39,12 @@ def write_imagefolder(root, classes=("cat", "dog"), test_classes=None, per_class
 
 def test_digits_shapes_dtypes_and_split(digits):
     assert digits.name == "digits"
-    assert digits.input_shape == (1, 32, 32)
+    assert digits.input_shape == (1, 16, 16)
     assert digits.num_classes == 10
     assert digits.x_train.dtype == np.float32 and digits.x_test.dtype == np.float32
     assert digits.y_train.dtype == np.int64 and digits.y_test.dtype == np.int64
-    assert digits.x_train.shape == (1347, 1, 32, 32)
-    assert digits.x_test.shape == (450, 1, 32, 32)
+    assert digits.x_train.shape == (1347, 1, 16, 16)
+    assert digits.x_test.shape == (450, 1, 16, 16)
     assert len(digits.x_train) + len(digits.x_test) == DIGITS_TOTAL
     assert set(np.unique(digits.y_test)) == set(range(10))  # stratified: every class in test
     assert digits.mean == (0.5,) and digits.std == (0.5,)
@@ -140,7 +140,7 @@ def test_imagefolder(tmp_path):
 
 def test_limits(tmp_path, digits):
     limited = load_dataset("digits", train_limit=50, test_limit=20, seed=0)
-    assert limited.x_train.shape == (50, 1, 32, 32) and limited.x_test.shape == (20, 1, 32, 32)
+    assert limited.x_train.shape == (50, 1, 16, 16) and limited.x_test.shape == (20, 1, 16, 16)
     assert limited.num_classes == 10
     # the kept samples are real digits samples, picked by a seeded shuffle
     assert any(np.array_equal(limited.x_train[0], sample) for sample in digits.x_train)
@@ -154,9 +154,9 @@ def test_limits(tmp_path, digits):
 
 
 def test_check_fits_model_accepts_matching_and_dynamic_shapes(digits):
-    check_fits_model(digits, (1, 32, 32), 10)
-    check_fits_model(digits, (1, 1, 32, 32), 10)
-    check_fits_model(digits, ("N", 1, None, 32), 10)
+    check_fits_model(digits, (1, 16, 16), 10)
+    check_fits_model(digits, (1, 1, 16, 16), 10)
+    check_fits_model(digits, ("N", 1, None, 16), 10)
 
 
 def _bad_npz(tmp_path, kind):
@@ -239,10 +239,10 @@ def test_bad_input(tmp_path, make_spec, options, error, match):
 @pytest.mark.parametrize(
     "input_shape, num_classes, match",
     [
-        ((1, 28, 28), 10, r"shape \(1, 32, 32\) but the model takes \(1, 28, 28\).*--image-size"),
-        ((3, 32, 32), 10, r"--input-shape"),
-        ((32, 32), 10, r"model takes \(32, 32\)"),
-        ((1, 32, 32), 1000, r"10 classes but the model outputs 1000"),
+        ((1, 28, 28), 10, r"shape \(1, 16, 16\) but the model takes \(1, 28, 28\).*--image-size"),
+        ((3, 16, 16), 10, r"--input-shape"),
+        ((16, 16), 10, r"model takes \(16, 16\)"),
+        ((1, 16, 16), 1000, r"10 classes but the model outputs 1000"),
     ],
 )
 def test_check_fits_model_mismatches(digits, input_shape, num_classes, match):
