@@ -8,9 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from splitpack.errors import InternalError, SplitpackError
+from splitpack.errors import InternalError, InvalidConfigError, SplitpackError, UnsupportedCutError
 
 __all__ = ["main", "build_parser", "format_table"]
+
+DEFAULT_EPOCHS_HINT = 6  # compiler.train.DEFAULT_EPOCHS, repeated so that --help needs no torch
 
 
 def format_table(headers: list[str], rows: list[list[object]]) -> str:
@@ -93,6 +95,91 @@ def _cmd_split(args) -> int:
     return 0
 
 
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", help="digits | npz:PATH | imagefolder:PATH (default: digits)")
+    parser.add_argument("--image-size", type=int, help="resize images to this size (imagefolder; digits: 32)")
+    parser.add_argument("--mean", help="per-channel mean, comma-separated (e.g. 0.485,0.456,0.406)")
+    parser.add_argument("--std", help="per-channel std, comma-separated")
+    parser.add_argument("--train-limit", type=int, help="use at most N training examples")
+    parser.add_argument("--test-limit", type=int, help="use at most N test examples")
+
+
+def _floats(text: str | None, option: str):
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidConfigError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5") from None
+
+
+def _load_with_data(args):
+    """Load the data set, then the model at the data set's input shape; check they fit."""
+    from splitpack.compiler.export import load_model, parse_input_shape
+    from splitpack.compiler.graph import graph_inputs
+    from splitpack.datasets import check_fits_model, load_dataset
+
+    dataset = load_dataset(
+        args.data, image_size=args.image_size, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
+        train_limit=args.train_limit, test_limit=args.test_limit,
+    )
+    shape = parse_input_shape(args.input_shape) if args.input_shape else (1,) + tuple(dataset.input_shape)
+    loaded = load_model(args.model, weights=args.weights, input_shape=shape)
+    inputs = graph_inputs(loaded.onnx_model)
+    if len(inputs) != 1 or len(loaded.onnx_model.graph.output) != 1:
+        raise UnsupportedCutError(
+            f"model {args.model!r} has {len(inputs)} inputs and {len(loaded.onnx_model.graph.output)} outputs; "
+            "training compression units needs one input and one (class score) output. "
+            "`splitpack cuts` and `splitpack split` support several."
+        )
+    output_dims = loaded.onnx_model.graph.output[0].type.tensor_type.shape.dim
+    classes = output_dims[-1].dim_value if output_dims and output_dims[-1].HasField("dim_value") else dataset.num_classes
+    check_fits_model(dataset, loaded.input_shape, classes)
+    return loaded, dataset
+
+
+def _first_middle_last(items: list) -> list:
+    return [items[i] for i in sorted({0, len(items) // 2, len(items) - 1})]
+
+
+def _codec_chooser(text: str):
+    """``ladder`` (default), ``all`` or an explicit list, as a function of the cut."""
+    from splitpack.compiler.codec import codec_ladder, codec_space, parse_codecs
+
+    if text.strip() == "ladder":
+        return lambda cut: codec_ladder(cut.shape)
+    codecs = parse_codecs(text)
+    if codecs is None:
+        return lambda cut: codec_space(cut.shape)
+    return lambda cut: codecs
+
+
+def _cmd_bench_grid(args) -> int:
+    from splitpack.compiler.cuts import find_cuts
+    from splitpack.compiler.grid import parse_cut_selection, plot_grid, run_grid
+
+    loaded, dataset = _load_with_data(args)
+    all_cuts = find_cuts(loaded.onnx_model, loaded.input_shape)
+    cuts = parse_cut_selection(args.cuts, all_cuts)
+    codecs_for = _codec_chooser(args.codecs)
+    epochs = args.epochs
+    if args.quick:  # a smoke run: first, middle and last cut and codec, two epochs
+        cuts = _first_middle_last(cuts)
+        codecs_for = lambda cut, choose=codecs_for: _first_middle_last(choose(cut))  # noqa: E731
+        epochs = min(epochs, 2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = run_grid(
+        loaded.onnx_model, all_cuts, cuts, dataset, codecs_for=codecs_for, out=out, epochs=epochs,
+        seed=args.seed, progress=not args.no_progress,
+        settings={"model": args.model, "data": args.data, "codecs": args.codecs, "quick": bool(args.quick)},
+    )
+    if args.plot:
+        plot_grid(document, Path(args.plot))
+    print(f"{len(document['cells'])} cells measured, baseline {document['baseline_accuracy']:.2f}%: wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="splitpack", description=__doc__.splitlines()[0])
@@ -108,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--cut", required=True, help="tensor name or module path (see `splitpack cuts`)")
     split.add_argument("--out", required=True, help="output folder")
     split.set_defaults(handler=_cmd_split)
+
+    bench = commands.add_parser("bench", help="benchmarks that write JSON").add_subparsers(dest="bench", required=True)
+    grid = bench.add_parser("grid", help="train and measure every (cut, codec) cell")
+    _add_model_args(grid)
+    _add_data_args(grid)
+    grid.add_argument("--cuts", default="all", help="'all' or comma-separated cut names")
+    grid.add_argument("--codecs", default="ladder",
+                      help="'ladder' (16 codecs spanning each cut's ratios), 'all' (each cut's whole space) or e.g. c4s1b8,c2s2b4")
+    grid.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS_HINT, help="training epochs per cell")
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--out", required=True, help="grid JSON to write (resumed when it exists)")
+    grid.add_argument("--plot", help="PNG of accuracy against ratio per cut")
+    grid.add_argument("--quick", action="store_true", help="smoke run: 3 cuts x 3 codecs, 2 epochs")
+    grid.add_argument("--no-progress", action="store_true", help="no progress bars")
+    grid.set_defaults(handler=_cmd_bench_grid)
     return parser
 
 

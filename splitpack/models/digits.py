@@ -15,7 +15,7 @@ from splitpack.errors import InvalidConfigError, InvalidDatasetError
 from splitpack.models._blocks import conv_bn_relu
 from splitpack.models.resnet import BasicBlock
 
-__all__ = ["DigitsCNN", "digits_cnn", "train_classifier", "evaluate_accuracy"]
+__all__ = ["DigitsCNN", "digits_cnn", "train_classifier", "evaluate_accuracy", "train_digits_reference"]
 
 
 class DigitsCNN(nn.Module):
@@ -197,3 +197,29 @@ def evaluate_accuracy(
         logits = model(inputs[start : start + batch_size])
         correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
     return 100.0 * correct / inputs.shape[0]
+
+
+def train_digits_reference(path, *, epochs: int = 6, seed: int = 0, progress: bool = True) -> float:
+    """Train ``digits_cnn`` on splitpack's ``digits`` data set and save its state_dict.
+
+    Args:
+        path: where to write the weights (``torch.save`` of the state_dict).
+        epochs: training epochs (about a second each here).
+        seed: seeds the initial weights and the batch order.
+        progress: show a progress bar.
+
+    Returns:
+        Test accuracy in percent, measured in torch.
+    """
+    from pathlib import Path
+
+    from splitpack.datasets import load_dataset
+
+    dataset = load_dataset("digits")
+    torch.manual_seed(seed)
+    model = train_classifier(digits_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, lr=2e-3, seed=seed,
+                             progress=progress)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return evaluate_accuracy(model, dataset.x_test, dataset.y_test)
