@@ -146,8 +146,11 @@ def _codec_chooser(text: str):
     """``ladder`` (default), ``all`` or an explicit list, as a function of the cut."""
     from splitpack.compiler.codec import codec_ladder, codec_space, parse_codecs
 
-    if text.strip() == "ladder":
-        return lambda cut: codec_ladder(cut.shape)
+    if text.strip().startswith("ladder"):
+        count = text.strip().partition(":")[2]
+        if count and not count.isdigit():
+            raise InvalidConfigError(f"--codecs {text!r}: write ladder or ladder:N with N a number of codecs, e.g. ladder:12")
+        return lambda cut: codec_ladder(cut.shape, int(count) if count else 16)
     codecs = parse_codecs(text)
     if codecs is None:
         return lambda cut: codec_space(cut.shape)
@@ -156,7 +159,8 @@ def _codec_chooser(text: str):
 
 def _cmd_bench_grid(args) -> int:
     from splitpack.compiler.cuts import find_cuts
-    from splitpack.compiler.grid import parse_cut_selection, plot_grid, run_grid
+    from splitpack.compiler.grid import parse_cut_selection, run_grid
+    from splitpack.plots import plot_grid
 
     loaded, dataset = _load_with_data(args)
     all_cuts = find_cuts(loaded.onnx_model, loaded.input_shape)
@@ -177,6 +181,34 @@ def _cmd_bench_grid(args) -> int:
     if args.plot:
         plot_grid(document, Path(args.plot))
     print(f"{len(document['cells'])} cells measured, baseline {document['baseline_accuracy']:.2f}%: wrote {out}")
+    return 0
+
+
+def _cmd_bench_predictor(args) -> int:
+    from splitpack.plots import plot_grid
+    from splitpack.predictors.replay import LatencySetting, replay_grid
+
+    path = Path(args.grid)
+    if not path.is_file():
+        raise InvalidConfigError(f"grid file {str(path)!r} does not exist; write one with `splitpack bench grid`")
+    try:
+        grid = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidConfigError(f"grid file {str(path)!r} is not JSON: {exc}") from None
+    setting = LatencySetting(args.device_gflops, args.edge_gflops, args.rtt_ms)
+    report = replay_grid(grid, args.budget, tolerance=args.tolerance, max_drop=args.max_accuracy_drop,
+                         setting=setting)
+    report["grid"] = str(path)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_grid(grid, Path(args.plot), predictions=report["curves"])
+    rows = [[r["method"], r["trained_cells"], r["mae"], r["max_error"], r["knee_error_steps_max"],
+             r["plan_accuracy_loss_max"]] for r in [report] + report["baselines"]]
+    print(format_table(["method", "cells trained", "MAE (pts)", "max error", "knee error (steps, max)",
+                        "plan loss max (pts)"], rows))
+    print(f"cost ratio {report['cost_ratio']:.1f}x ({report['space_cost_note']}); wrote {out}")
     return 0
 
 
@@ -202,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(grid)
     grid.add_argument("--cuts", default="all", help="'all' or comma-separated cut names")
     grid.add_argument("--codecs", default="ladder",
-                      help="'ladder' (16 codecs spanning each cut's ratios), 'all' (each cut's whole space) or e.g. c4s1b8,c2s2b4")
+                      help="'ladder' or 'ladder:N' (16 or N codecs spanning each cut's ratios), 'all' (each cut's whole "
+                           "space) or a list such as c4s1b8,c2s2b4")
     grid.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS_HINT, help="training epochs per cell")
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--out", required=True, help="grid JSON to write (resumed when it exists)")
@@ -210,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--quick", action="store_true", help="smoke run: 3 cuts x 3 codecs, 2 epochs")
     grid.add_argument("--no-progress", action="store_true", help="no progress bars")
     grid.set_defaults(handler=_cmd_bench_grid)
+
+    predictor = bench.add_parser("predictor", help="replay sampling and prediction against a measured grid")
+    predictor.add_argument("--grid", required=True, help="grid JSON from `splitpack bench grid`")
+    predictor.add_argument("--budget", type=int, default=16, help="cells the predictor may train (default 16)")
+    predictor.add_argument("--tolerance", type=float, default=1.0, help="accuracy drop (points) that defines the knee")
+    predictor.add_argument("--max-accuracy-drop", type=float, default=1.0, help="planning floor below the baseline")
+    predictor.add_argument("--device-gflops", type=float, default=0.2, help="device compute for the planning replay")
+    predictor.add_argument("--edge-gflops", type=float, default=50.0, help="edge compute for the planning replay")
+    predictor.add_argument("--rtt-ms", type=float, default=10.0, help="round-trip time for the planning replay")
+    predictor.add_argument("--out", required=True, help="pred.json to write")
+    predictor.add_argument("--plot", help="PNG of measured (solid) and predicted (dashed) curves per cut")
+    predictor.set_defaults(handler=_cmd_bench_predictor)
     return parser
 
 

@@ -25,7 +25,7 @@ from splitpack.compiler.train import DEFAULT_EPOCHS, TrainedCodec, compute_cut_f
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.wire import message_bytes
 
-__all__ = ["Cell", "WIRE_BUNDLE_ID_LENGTH", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "plot_grid"]
+__all__ = ["Cell", "WIRE_BUNDLE_ID_LENGTH", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
 
 # The wire carries a short bundle id (a prefix of the manifest's); payload sizes assume it.
 WIRE_BUNDLE_ID_LENGTH = 16
@@ -135,6 +135,8 @@ def run_grid(
     document = {
         **identity,
         "baseline_accuracy": baseline,
+        "input_shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes,
         "space": {"cuts": len(all_cuts), "codecs_per_cut": space_sizes, "cells": sum(space_sizes)},
         "cuts": [cut.to_dict() for cut in cuts],
         "cells": [],
@@ -156,43 +158,6 @@ def run_grid(
             _write_json(out, document)
     _write_json(out, document)
     return document
-
-
-def plot_grid(document: dict, path: Path, predictions: dict | None = None) -> None:
-    """Accuracy against compression ratio per cut (log x), measured; dashed where predicted.
-
-    Args:
-        document: a grid document.
-        path: PNG to write.
-        predictions: optional {cut label: [(ratio, predicted accuracy), ...]}.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
-    labels = list(dict.fromkeys(cell["cut"] for cell in document["cells"]))
-    colors = plt.cm.viridis([i / max(1, len(labels) - 1) for i in range(len(labels))])
-    for label, color in zip(labels, colors):
-        by_ratio: dict[float, float] = {}
-        for cell in document["cells"]:
-            if cell["cut"] == label:  # best codec at each ratio: the curve a planner sees
-                by_ratio[cell["compression_ratio"]] = max(by_ratio.get(cell["compression_ratio"], 0), cell["accuracy"])
-        ratios = sorted(by_ratio)
-        axes.plot(ratios, [by_ratio[r] for r in ratios], "o-", color=color, label=label, markersize=3)
-        if predictions and label in predictions:
-            points = sorted(predictions[label])
-            axes.plot([p[0] for p in points], [p[1] for p in points], "--", color=color, alpha=0.7)
-    axes.axhline(document["baseline_accuracy"], color="gray", linestyle=":", label="baseline")
-    axes.set_xscale("log")
-    axes.set_xlabel("compression ratio (float32 cut tensor ÷ bytes of codes)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title("accuracy against compression ratio, per cut" + (" (dashed: predicted)" if predictions else ""))
-    axes.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def parse_cut_selection(text: str, cuts: list[Cut]) -> list[Cut]:

@@ -1,0 +1,155 @@
+"""Which (cut, codec) cells to train under a budget, and the loop that trains them.
+
+Order of choices:
+1. the source cut (the candidate cut nearest the middle of the network by FLOPs): four cells
+   spread evenly over its range of code sizes, so that the flat part and the cliff are both
+   seen, then up to ``source_extra`` more where the fitted curve is steepest times most
+   uncertain (around the knee);
+2. target cuts, one sample each, in the order that spreads them over the depth of the network
+   (each next target is the cut farthest from every cut already sampled); the sample is the
+   codec whose predicted drop is nearest twice the tolerance — on the cliff, where one sample
+   pins the shift best;
+3. with budget left, a second sample at the targets whose knee is most uncertain, nearest the
+   tolerance itself.
+
+The loop is independent of where accuracies come from: ``bench predictor`` replays a measured
+grid, ``compile`` trains real cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from splitpack.errors import InvalidConfigError
+from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor
+
+__all__ = ["SamplingResult", "choose_source_cut", "sample_and_fit"]
+
+_SOURCE_FIRST = 4
+
+
+@dataclass
+class SamplingResult:
+    predictor: AccuracyPredictor
+    trained: dict[tuple[str, float, int], float]  # (cut, code_bytes, bits) -> measured accuracy
+    order: list[CellFeatures]
+
+
+def _key(cell: CellFeatures) -> tuple[str, float, int]:
+    return (cell.cut, round(cell.code_bytes, 6), cell.bits)
+
+
+def choose_source_cut(candidates: list[CellFeatures]) -> str:
+    """The cut nearest the middle of the network (position 0.5) among those with the most codecs."""
+    counts: dict[str, int] = {}
+    positions: dict[str, float] = {}
+    for cell in candidates:
+        counts[cell.cut] = counts.get(cell.cut, 0) + 1
+        positions[cell.cut] = cell.cut_position
+    most = max(counts.values())
+    return min((c for c in counts if counts[c] == most), key=lambda c: abs(positions[c] - 0.5))
+
+
+def _spread(cells: list[CellFeatures], count: int) -> list[CellFeatures]:
+    ordered = sorted(cells, key=lambda c: (c.u, -c.bits))
+    picks = sorted({round(i * (len(ordered) - 1) / max(1, count - 1)) for i in range(count)})
+    return [ordered[i] for i in picks]
+
+
+def sample_and_fit(
+    candidates: list[CellFeatures],
+    budget: int,
+    train: Callable[[CellFeatures], float],
+    baseline_accuracy: float,
+    *,
+    tolerance: float = 1.0,
+    source_extra: int = 2,
+    source_cut: str | None = None,
+) -> SamplingResult:
+    """Train ``budget`` cells chosen as described above and fit the transferred predictor.
+
+    Args:
+        candidates: every cell that could be trained.
+        budget: number of cells to train (at least 4).
+        train: trains one cell and returns its measured accuracy (percent).
+        baseline_accuracy: accuracy of the uncompressed model (percent).
+        tolerance: accuracy drop (points) that defines the knee.
+        source_extra: cells beyond the first four spent at the source cut.
+        source_cut: force the source cut (default: ``choose_source_cut``).
+
+    Raises:
+        InvalidConfigError: a budget below 4 or larger than the candidates.
+    """
+    if budget < _SOURCE_FIRST:
+        raise InvalidConfigError(f"sampling budget {budget} is too small; at least {_SOURCE_FIRST} cells are needed")
+    if budget > len(candidates):
+        raise InvalidConfigError(f"sampling budget {budget} exceeds the {len(candidates)} candidate cells; lower --budget")
+    source = source_cut or choose_source_cut(candidates)
+    by_cut: dict[str, list[CellFeatures]] = {}
+    for cell in candidates:
+        by_cut.setdefault(cell.cut, []).append(cell)
+    trained: dict[tuple[str, float, int], float] = {}
+    order: list[CellFeatures] = []
+
+    def measure(cell: CellFeatures) -> float:
+        accuracy = train(cell)
+        trained[_key(cell)] = accuracy
+        order.append(cell)
+        return accuracy
+
+    source_cells = by_cut[source]
+    first = _spread(source_cells, min(_SOURCE_FIRST, len(source_cells)))
+    samples = [(c.u, c.bits, baseline_accuracy - measure(c)) for c in first]
+    predictor = fit_predictor(baseline_accuracy, source, source_cells[0].cut_position, samples)
+    targets = [c for c in by_cut if c != source]
+    extra = max(0, min(source_extra, budget - len(order) - len(targets) // 2))
+    for index in range(extra):
+        untrained = [c for c in source_cells if _key(c) not in trained]
+        if not untrained:
+            break
+        predictions = predictor.predict(untrained)
+        if index % 2 == 0:  # pin the knee: the unpinned cell predicted nearest the tolerance
+            scores = [-abs((baseline_accuracy - p.accuracy) - tolerance) + (0 if p.std > 0.31 else -1e3) for p in predictions]
+        else:  # the steepest, least known part of the cliff
+            scores = [p.std * (1 + abs(s)) for p, s in zip(predictions, _slopes(predictor, untrained))]
+        pick = untrained[int(np.argmax(scores))]
+        samples.append((pick.u, pick.bits, baseline_accuracy - measure(pick)))
+        predictor = fit_predictor(baseline_accuracy, source, pick.cut_position, samples)
+
+    sampled_positions = [source_cells[0].cut_position]
+    remaining = list(targets)
+    while remaining and len(order) < budget:
+        cut = max(remaining, key=lambda c: min(abs(by_cut[c][0].cut_position - p) for p in sampled_positions))
+        remaining.remove(cut)
+        sampled_positions.append(by_cut[cut][0].cut_position)
+        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, 2 * tolerance)
+    while len(order) < budget:
+        open_cuts = [c for c in targets if any(_key(x) not in trained for x in by_cut[c])]
+        if not open_cuts:
+            break
+        cut = max(open_cuts, key=lambda c: (-len(predictor.target_points.get(c, [])), _knee_std(predictor, by_cut[c])))
+        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, tolerance)
+    return SamplingResult(predictor=predictor, trained=trained, order=order)
+
+
+def _slopes(predictor: AccuracyPredictor, cells: list[CellFeatures]) -> list[float]:
+    upper = [CellFeatures(c.cut, c.cut_position, c.code_bytes * 2 ** 0.5, c.bits, c.compression_ratio) for c in cells]
+    lower = [CellFeatures(c.cut, c.cut_position, c.code_bytes * 2 ** -0.5, c.bits, c.compression_ratio) for c in cells]
+    return [a.accuracy - b.accuracy for a, b in zip(predictor.predict(upper), predictor.predict(lower))]
+
+
+def _knee_std(predictor: AccuracyPredictor, cells: list[CellFeatures]) -> float:
+    return max(p.std for p in predictor.predict(cells))
+
+
+def _sample_target(predictor, cells, trained, measure, baseline, target_drop) -> None:
+    untrained = [c for c in cells if _key(c) not in trained]
+    if not untrained:
+        return
+    predictions = predictor.predict(untrained)
+    pick = untrained[int(np.argmin([abs((baseline - p.accuracy) - target_drop) for p in predictions]))]
+    accuracy = measure(pick)
+    predictor.add_target_samples(pick.cut, pick.cut_position, [(pick.u, pick.bits, baseline - accuracy)])

@@ -1,0 +1,119 @@
+"""The transferred accuracy predictor on synthetic knee curves with known shifts, and the replay."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from splitpack.errors import InvalidConfigError
+from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor, knee_ratio
+from splitpack.predictors.replay import replay_grid, validate_grid
+from splitpack.predictors.sampling import sample_and_fit
+
+BASELINE = 98.0
+RATIOS = [4 * 2**i for i in range(12)]  # 4x .. 8192x: the grid steps
+
+
+def _accuracy(cut_bytes: float, ratio: float, knee_bytes: float) -> float:
+    """Flat at the baseline, then a cliff once the codes are smaller than ``knee_bytes``."""
+    u = math.log2(cut_bytes / ratio)
+    return BASELINE - 88.0 / (1.0 + math.exp((u - math.log2(knee_bytes)) / 0.45))
+
+
+def _family(shifts: list[float]) -> tuple[list[CellFeatures], dict[CellFeatures, float]]:
+    """Eight cuts; cut j needs 2**shift_j times the source's 24 bytes of codes before its cliff."""
+    cells, truth = [], {}
+    for j, shift in enumerate(shifts):
+        cut_bytes = 16384 / 2 ** (j // 2)
+        for ratio in RATIOS:
+            cell = CellFeatures(f"cut{j}", (j + 0.5) / len(shifts), cut_bytes / ratio, 8, ratio)
+            cells.append(cell)
+            truth[cell] = _accuracy(cut_bytes, ratio, 24.0 * 2**shift)
+    return cells, truth
+
+
+def _knee(cells, values, cut):
+    mine = [c for c in cells if c.cut == cut]
+    return knee_ratio([c.compression_ratio for c in mine], [values[c] for c in mine], BASELINE, 1.0)
+
+
+@pytest.mark.parametrize("shifts", [
+    [0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0],  # later cuts need more bytes
+    [2.0, 1.0, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5],  # later cuts need fewer
+])
+def test_transfer_recovers_every_knee_within_one_step(shifts):
+    cells, truth = _family(shifts)
+    budget = 12  # of 96 cells: 8x less training than the whole grid
+    result = sample_and_fit(cells, budget, lambda cell: truth[cell], BASELINE)
+    assert len(result.order) == budget
+    predicted = {c: p.accuracy for c, p in zip(cells, result.predictor.predict(cells))}
+    for j in range(len(shifts)):
+        cut = f"cut{j}"
+        true_knee, guessed_knee = _knee(cells, truth, cut), _knee(cells, predicted, cut)
+        assert abs(RATIOS.index(true_knee) - RATIOS.index(guessed_knee)) <= 1, (cut, true_knee, guessed_knee)
+
+
+def test_predictor_json_round_trip_and_version():
+    cells, truth = _family([0.0] * 8)
+    result = sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE)
+    restored = AccuracyPredictor.from_json(result.predictor.to_json())
+    before = result.predictor.predict(cells)
+    after = restored.predict(cells)
+    np.testing.assert_allclose([p.accuracy for p in before], [p.accuracy for p in after], atol=1e-9)
+    np.testing.assert_allclose([p.std for p in before], [p.std for p in after], atol=1e-9)
+    with pytest.raises(InvalidConfigError, match="format 'splitpack-accuracy-predictor/9'"):
+        AccuracyPredictor.from_json(result.predictor.to_json().replace("predictor/1", "predictor/9"))
+    with pytest.raises(InvalidConfigError, match="not valid JSON"):
+        AccuracyPredictor.from_json("{")
+
+
+def test_too_few_source_samples_and_budgets():
+    with pytest.raises(InvalidConfigError, match="at least 3 trained cells"):
+        fit_predictor(BASELINE, "cut0", 0.1, [(3.0, 8, 0.0), (2.0, 8, 1.0)])
+    cells, truth = _family([0.0] * 8)
+    with pytest.raises(InvalidConfigError, match="budget 3 is too small"):
+        sample_and_fit(cells, 3, lambda cell: truth[cell], BASELINE)
+    with pytest.raises(InvalidConfigError, match="exceeds the 96 candidate cells"):
+        sample_and_fit(cells, 200, lambda cell: truth[cell], BASELINE)
+
+
+def _grid(shifts):
+    cells, truth = _family(shifts)
+    grid_cells = [
+        {"cut": c.cut, "codec": f"c{int(c.compression_ratio)}s1b8", "cut_bytes": c.code_bytes * c.compression_ratio,
+         "cut_position": c.cut_position, "bits": 8, "compression_ratio": c.compression_ratio,
+         "payload_bytes": int(c.code_bytes) + 60, "accuracy": truth[c], "train_examples": 1000}
+        for c in cells
+    ]
+    cuts = [{"label": f"cut{j}", "head_flops": 10**6 * (j + 1), "tail_flops": 10**6 * (8 - j)} for j in range(8)]
+    return {"baseline_accuracy": BASELINE, "space": {"cells": 480}, "cuts": cuts, "cells": grid_cells,
+            "input_shape": [1, 16, 16], "num_classes": 10}
+
+
+def test_replay_reports_metrics_and_beats_baselines():
+    report = replay_grid(_grid([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0]), 12)
+    assert report["cost_ratio"] == pytest.approx(480 * 1000 / (12 * 1000))
+    assert report["space_cost_estimated"] is True
+    assert report["knee_error_steps_max"] <= 1
+    assert {b["method"] for b in report["baselines"]} == {"binary_search", "random", "per_cut_no_transfer"}
+    for baseline in report["baselines"]:
+        assert baseline["trained_cells"] <= 12
+        assert report["mae"] < baseline["mae"], baseline["method"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda g: g.update(cells=g["cells"][:20]), r"too few for a budget of 12"),
+        (lambda g: g["cells"][5].update(baseline_accuracy=90.0), r"must share one baseline"),
+        (lambda g: g["cells"][5].update(cut_bytes=1.0), r"disagree on its size or position"),
+        (lambda g: g.pop("space"), r"grid has no 'space'"),
+    ],
+)
+def test_bad_grids(edit, message):
+    grid = _grid([0.0] * 8)
+    edit(grid)
+    with pytest.raises(InvalidConfigError, match=message):
+        validate_grid(grid, 12)
