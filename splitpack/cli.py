@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     predictor.add_argument("--out", required=True, help="pred.json to write")
     predictor.add_argument("--plot", help="PNG of measured (solid) and predicted (dashed) curves per cut")
     predictor.set_defaults(handler=_cmd_bench_predictor)
+
+    from splitpack.runtimes.commands import add_runtime_commands
+
+    add_runtime_commands(commands)
     return parser
 
 

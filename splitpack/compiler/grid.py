@@ -23,12 +23,11 @@ from splitpack.compiler.evaluate import evaluate_model, evaluate_split
 from splitpack.compiler.splice import build_variant
 from splitpack.compiler.train import DEFAULT_EPOCHS, TrainedCodec, compute_cut_features, frozen_tail, train_codec
 from splitpack.errors import InvalidConfigError
+from splitpack.runtimes.backends import WIRE_BUNDLE_ID_LENGTH
 from splitpack.runtimes.wire import message_bytes
 
-__all__ = ["Cell", "WIRE_BUNDLE_ID_LENGTH", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
+__all__ = ["Cell", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
 
-# The wire carries a short bundle id (a prefix of the manifest's); payload sizes assume it.
-WIRE_BUNDLE_ID_LENGTH = 16
 GRID_FORMAT = "splitpack-grid/1"
 
 

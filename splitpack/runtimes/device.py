@@ -1,0 +1,374 @@
+"""The device runtime: run a head, send its codes to the edge, and adapt the variant per request.
+
+Every head (each split variant's, and the ``local`` variant's whole model) is loaded when the
+runtime is built, so switching variant is a dict lookup. Per request the runtime:
+
+1. picks a variant with :meth:`Selector.select_with_hysteresis` under its current
+   :class:`Conditions`: the uplink from a :class:`BandwidthEstimator` fed by its own transfers,
+   ``device_load`` and ``edge_load`` as EWMAs of observed / profiled compute (clamped to >= 1);
+2. runs the head (stretched to ``device_slowdown`` x its measured time, to emulate a slower
+   device), encodes the wire payload, pushes it through the emulated ``link`` if one is given,
+   and POSTs it to the edge (see :mod:`splitpack.runtimes.edge` for the protocol);
+3. on a timeout, connection error, non-200 answer or malformed response, answers the same
+   request with the ``local`` variant (no request is lost) and marks the edge down. While down
+   every request runs locally, and at most every ``probe_interval_s`` one request first probes
+   ``GET /health`` (which must name this bundle); when the probe succeeds, the selector is
+   consulted again.
+
+The selector can only learn the uplink from remote requests, so while it prefers ``local`` with
+the edge up, one request per ``probe_interval_s`` is sent with the best remote variant instead
+(``stats["explorations"]``): otherwise a runtime that once chose ``local`` on a bad link would
+never notice that the link recovered.
+
+Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+import numpy as np
+
+from splitpack.errors import InvalidConfigError, WireFormatError
+from splitpack.packaging.bundle import Bundle, read_bundle
+from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
+from splitpack.predictors.selector import Constraints, Selector
+from splitpack.runtimes.backends import (
+    RAW_OFFSET, RAW_SCALE, denormalize_to_uint8, load_backend, normalize_uint8, wire_bundle_id,
+)  # fmt: skip
+from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink
+from splitpack.runtimes.wire import decode_payload, encode_payload
+
+__all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
+
+LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
+MAX_ERRORS_KEPT = 100
+_OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """The answer to one :meth:`DeviceRuntime.infer` call.
+
+    Attributes:
+        output: Model output; batch first if the input had a batch dim, else one sample's.
+        variant_id: The variant that produced ``output``.
+        mode: ``"split"``, ``"edge"`` or ``"local"`` (the kind of that variant).
+        latency_ms: Wall time of the whole call.
+        head_ms: Device compute (stretched by ``device_slowdown``); for ``edge``, the time to
+            prepare the raw upload.
+        transfer_ms: Uplink shaping plus the HTTP exchange, less the edge's compute.
+        edge_ms: Tail compute the edge reported.
+        fallback: True when the edge was down or failed and ``local`` answered instead.
+    """
+
+    output: np.ndarray
+    variant_id: str
+    mode: str
+    latency_ms: float
+    head_ms: float
+    transfer_ms: float
+    edge_ms: float
+    fallback: bool
+
+
+class _EdgeFailure(Exception):
+    """The edge did not answer this request usefully; ``reason`` says how."""
+
+
+def profile_of(variant) -> VariantProfile:
+    """The selector's :class:`VariantProfile` of a manifest :class:`Variant`."""
+    latency = variant.latency
+    return VariantProfile(
+        id=variant.id, kind=variant.kind, head_ms=latency.head_ms, encode_ms=latency.encode_ms,
+        decode_ms=latency.decode_ms, tail_ms=latency.tail_ms, payload_bytes=variant.payload_bytes,
+        result_bytes=latency.result_bytes, accuracy=variant.accuracy,
+        device_memory_bytes=latency.device_memory_bytes, cut=variant.cut,
+        compression_ratio=variant.compression_ratio)
+
+
+def _positive(name: str, value: float, *, minimum: float = 0.0, strict: bool = True) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not (value > minimum if strict else value >= minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise InvalidConfigError(f"{name}: found {value!r}; expected a finite number {bound}")
+    return float(value)
+
+
+class DeviceRuntime:
+    """Runs a bundle's heads on the device and its tails on an edge server.
+
+    Args:
+        bundle: A bundle folder or archive (verified on load) or a :class:`Bundle`.
+        edge_url: Base URL of the edge, e.g. ``http://127.0.0.1:8000``.
+        backend: ``"onnxruntime"`` or ``"litert"`` for the heads.
+        token: Bearer token the edge requires, if any.
+        link: An emulated uplink; each payload is ``send`` through it before the HTTP request.
+        device_slowdown: Emulate a device this many times slower than the host (stretch heads).
+        max_accuracy_drop: Accuracy points a variant may lose against the baseline.
+        hysteresis: Fraction by which a new variant must beat the current one to switch.
+        timeout_s: HTTP timeout of each request and probe.
+        probe_interval_s: Least time between health probes while the edge is down (and between
+            explorations while ``local`` is preferred).
+        rtt_ms: Round trip to the edge assumed by the latency model.
+        initial_uplink_mbps: Uplink estimate before the first transfer.
+        clock: Monotonic seconds, for probe scheduling; injectable for tests.
+        transport: An httpx transport to use instead of the network (tests, custom TLS).
+    """
+
+    def __init__(self, bundle: str | os.PathLike[str] | Bundle, edge_url: str, *,
+                 backend: str = "onnxruntime", token: str | None = None,
+                 link: ShapedLink | None = None, device_slowdown: float = 1.0,
+                 max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
+                 probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
+                 initial_uplink_mbps: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not isinstance(edge_url, str) or not edge_url.startswith(("http://", "https://")):
+            raise InvalidConfigError(f"edge_url: found {edge_url!r}; expected an http:// or "
+                                     "https:// URL such as http://127.0.0.1:8000")
+        self.device_slowdown = _positive("device_slowdown", device_slowdown)
+        self.timeout_s = _positive("timeout_s", timeout_s)
+        self.probe_interval_s = _positive("probe_interval_s", probe_interval_s, strict=False)
+        self.rtt_ms = _positive("rtt_ms", rtt_ms, strict=False)
+        if not (isinstance(hysteresis, (int, float)) and 0.0 <= hysteresis < 1.0):
+            raise InvalidConfigError(f"hysteresis: found {hysteresis!r}; expected a fraction "
+                                     "in [0, 1)")
+        self.hysteresis = float(hysteresis)
+        self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        self.manifest = self.bundle.manifest
+        self.wire_bundle_id = wire_bundle_id(self.manifest)
+        self.variants = {v.id: v for v in self.manifest.variants}
+        self.local_id = next(v.id for v in self.manifest.variants if v.kind == "local")
+        # Every head up front: a switch must never wait for a session to be created.
+        self.heads = {v.id: load_backend(self.bundle, v, backend)
+                      for v in self.manifest.variants if v.kind in ("split", "local")}
+        self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
+        self.selector = Selector(list(self.profiles.values()), Constraints(
+            self.manifest.baseline_accuracy, max_accuracy_drop))
+        self.link = link
+        # A small floor: an emulated link reports its exact delay (tens of microseconds for a
+        # small payload on a fast link), which the default 1 ms floor would turn into a
+        # many-fold underestimate, and a switch to large payloads would never happen.
+        self.estimator = BandwidthEstimator(initial_uplink_mbps, min_seconds=1e-5)
+        self.device_load = self.edge_load = 1.0
+        self._clock = clock
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=edge_url, timeout=timeout_s, headers=headers,
+                                    transport=transport)
+        self.edge_up = True
+        self._last_probe = self._last_sample = clock()
+        self.current_variant = self.selector.select(self.conditions()).id
+        self._in_use: str | None = None
+        self.active_head = None
+        self._lock = threading.Lock()
+        self.stats: dict = {"requests": 0, "switches": 0, "switch_ms": [], "fallbacks": 0,
+                            "errors": [], "probes": 0, "probe_failures": 0, "explorations": 0,
+                            "variants": Counter(), "modes": Counter()}
+
+    # -- conditions ---------------------------------------------------------------------------
+
+    def conditions(self) -> Conditions:
+        """The conditions the selector sees now."""
+        return Conditions(uplink_mbps=self.estimator.estimate_mbps(), rtt_ms=self.rtt_ms,
+                          device_slowdown=self.device_slowdown, device_load=self.device_load,
+                          edge_load=self.edge_load)
+
+    @staticmethod
+    def _smooth(previous: float, observed_ms: float, profiled_ms: float, factor: float) -> float:
+        if profiled_ms <= 0 or not math.isfinite(observed_ms):
+            return previous
+        load = max(1.0, observed_ms / (profiled_ms * factor))
+        return (1.0 - LOAD_SMOOTHING) * previous + LOAD_SMOOTHING * load
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def _probe(self) -> bool:
+        """GET /health; up only if it answers 200 for this very bundle."""
+        self.stats["probes"] += 1
+        try:
+            response = self._client.get("/health")
+            body = response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            body = {}
+        if isinstance(body, dict) and body.get("wire_bundle_id") == self.wire_bundle_id:
+            return True
+        self.stats["probe_failures"] += 1
+        return False
+
+    def _choose(self) -> tuple[str, bool]:
+        """(variant id, whether it is a fallback to local)."""
+        now = self._clock()
+        if not self.edge_up:
+            if now - self._last_probe < self.probe_interval_s:
+                return self.local_id, True
+            self._last_probe = now
+            if not self._probe():
+                return self.local_id, True
+            self.edge_up = True
+        conditions = self.conditions()
+        plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
+                                                    self.hysteresis)
+        self.current_variant = plan.id
+        if plan.profile.kind == "local" and now - self._last_sample >= self.probe_interval_s:
+            remote = [p for p in self.selector.feasible if p.kind != "local"]
+            if remote:  # explore: refresh the uplink estimate with one remote request
+                self._last_sample = now
+                self.stats["explorations"] += 1
+                return min(remote, key=lambda p: plan_latency_ms(p, conditions)).id, False
+        return plan.id, False
+
+    def _switch_to(self, variant_id: str, decided: float) -> None:
+        """Make ``variant_id`` the variant in use; record how long that took."""
+        self.active_head = self.heads.get(variant_id)  # the whole switch: a loaded session
+        if self._in_use is not None and variant_id != self._in_use:
+            self.stats["switches"] += 1
+            self.stats["switch_ms"].append((time.perf_counter() - decided) * 1e3)
+        self._in_use = variant_id
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _as_batch(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        x = np.asarray(x)
+        sample_shape = tuple(self.manifest.input.shape[1:])
+        single = x.ndim == len(sample_shape)
+        batch = x[np.newaxis] if single else x
+        dims_ok = batch.ndim == len(sample_shape) + 1 and batch.shape[0] >= 1 and all(
+            not isinstance(d, int) or d == n for d, n in zip(sample_shape, batch.shape[1:]))
+        if x.dtype.name not in ("uint8", "float32") or not dims_ok:
+            raise InvalidConfigError(
+                f"input: found {x.dtype.name} {x.shape}, expected uint8 pixels or float32 "
+                f"normalized input of shape {sample_shape} or (batch, {', '.join(map(str, sample_shape))})")
+        return np.ascontiguousarray(batch), single
+
+    def _model_input(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype == np.uint8 and self.manifest.input.dtype != "uint8":
+            return normalize_uint8(batch, self.manifest.preprocessing)
+        return batch
+
+    def _run_head(self, variant_id: str, model_input: np.ndarray) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        output = self.heads[variant_id].run(model_input)
+        measured = time.perf_counter() - started
+        if self.device_slowdown > 1.0:
+            time.sleep(measured * (self.device_slowdown - 1.0))
+        head_ms = (time.perf_counter() - started) * 1e3
+        profile = self.profiles[variant_id]
+        self.device_load = self._smooth(self.device_load, head_ms / len(model_input),
+                                        profile.head_ms + profile.encode_ms, self.device_slowdown)
+        return output, head_ms
+
+    def _payload(self, variant_id: str, batch: np.ndarray) -> tuple[bytes, float]:
+        variant = self.variants[variant_id]
+        if variant.kind == "edge":
+            started = time.perf_counter()
+            raw = batch if batch.dtype == np.uint8 else denormalize_to_uint8(
+                batch, self.manifest.preprocessing)
+            payload = encode_payload(raw, bundle_id=self.wire_bundle_id, variant_id=variant_id,
+                                     bits=8, scale=RAW_SCALE, offset=RAW_OFFSET)
+            return payload, (time.perf_counter() - started) * 1e3
+        codes, head_ms = self._run_head(variant_id, self._model_input(batch))
+        q = variant.quantization
+        payload = encode_payload(codes, bundle_id=self.wire_bundle_id, variant_id=variant_id,
+                                 bits=q.bits, scale=q.scale, offset=q.offset)
+        return payload, head_ms
+
+    def _exchange(self, variant_id: str, payload: bytes, batch_size: int) -> tuple:
+        """Send one payload; returns (output, transfer_ms, edge_ms) or raises _EdgeFailure."""
+        link_s = self.link.send(len(payload)) if self.link is not None else 0.0
+        started = time.perf_counter()
+        try:
+            response = self._client.post("/v1/infer", content=payload,
+                                         headers={"content-type": _OCTET_STREAM})
+        except httpx.TimeoutException as exc:
+            raise _EdgeFailure(f"timed out after {self.timeout_s:g} s ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise _EdgeFailure(f"{type(exc).__name__}: {exc}") from None
+        http_s = time.perf_counter() - started
+        if response.status_code != 200:
+            try:
+                reason = response.json().get("error", response.text[:200])
+            except (ValueError, AttributeError):
+                reason = response.text[:200]
+            raise _EdgeFailure(f"edge answered {response.status_code}: {reason}")
+        try:
+            header, output = decode_payload(response.content)
+        except WireFormatError as exc:
+            raise _EdgeFailure(f"malformed response: {exc}") from None
+        if (header.bundle_id, header.variant_id, header.dtype) != (
+                self.wire_bundle_id, variant_id, "float32") or output.shape[0] != batch_size:
+            raise _EdgeFailure(f"response for {header.bundle_id}/{header.variant_id} "
+                               f"{header.dtype} {header.shape} does not answer this request")
+        try:
+            edge_ms = float(response.headers.get("x-splitpack-tail-ms", "nan"))
+        except ValueError:
+            edge_ms = math.nan
+        edge_ms = edge_ms if math.isfinite(edge_ms) and edge_ms >= 0 else 0.0
+        # With an emulated link the link is the uplink; otherwise the uplink is what the HTTP
+        # exchange took beyond the edge's compute and the assumed round trip.
+        uplink_s = link_s if self.link is not None else max(
+            0.0, http_s - edge_ms / 1e3 - self.rtt_ms / 1e3)
+        self.estimator.observe(len(payload), uplink_s)
+        self._last_sample = self._clock()
+        profile = self.profiles[variant_id]
+        self.edge_load = self._smooth(self.edge_load, edge_ms / batch_size,
+                                      profile.decode_ms + profile.tail_ms, 1.0)
+        return output, max(0.0, (link_s + http_s) * 1e3 - edge_ms), edge_ms
+
+    def _mark_down(self, reason: str) -> None:
+        self.edge_up = False
+        self._last_probe = self._clock()
+        self.stats["fallbacks"] += 1
+        self.stats["errors"].append(reason)
+        del self.stats["errors"][:-MAX_ERRORS_KEPT]
+
+    def infer(self, x: np.ndarray) -> InferenceResult:
+        """Answer one sample or a batch with the best variant under the current conditions.
+
+        Args:
+            x: uint8 pixels or float32 normalized input, of the model's input shape with or
+                without the batch dim.
+
+        Returns:
+            The output and how it was obtained.
+        """
+        with self._lock:
+            started = time.perf_counter()
+            batch, single = self._as_batch(x)
+            variant_id, fallback = self._choose()
+            self._switch_to(variant_id, decided=time.perf_counter())
+            transfer_ms = edge_ms = 0.0
+            if variant_id != self.local_id:
+                try:
+                    payload, head_ms = self._payload(variant_id, batch)
+                    output, transfer_ms, edge_ms = self._exchange(variant_id, payload, len(batch))
+                except _EdgeFailure as failure:
+                    self._mark_down(f"variant {variant_id}: {failure}")
+                    variant_id, fallback, transfer_ms, edge_ms = self.local_id, True, 0.0, 0.0
+                    self._switch_to(variant_id, decided=time.perf_counter())
+            if variant_id == self.local_id:
+                output, head_ms = self._run_head(variant_id, self._model_input(batch))
+            mode = self.variants[variant_id].kind
+            self.stats["requests"] += 1
+            self.stats["variants"][variant_id] += 1
+            self.stats["modes"][mode] += 1
+            return InferenceResult(
+                output=output[0] if single else output, variant_id=variant_id, mode=mode,
+                latency_ms=(time.perf_counter() - started) * 1e3, head_ms=head_ms,
+                transfer_ms=transfer_ms, edge_ms=edge_ms, fallback=fallback)
+
+    def close(self) -> None:
+        """Close the HTTP connections (the loaded heads go with the object)."""
+        self._client.close()
+
+    def __enter__(self) -> "DeviceRuntime":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,407 @@
+"""The edge server: every tail of a bundle behind one HTTP endpoint (FastAPI + uvicorn).
+
+Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming the field):
+
+* ``POST /v1/infer`` — body: one wire payload (:mod:`splitpack.runtimes.wire`) as
+  ``application/octet-stream``. Checked in this order, each failure with its status:
+  401 ``authorization`` (when a token is set: ``Authorization: Bearer <token>``),
+  415 ``content-type`` (when one is sent and it is not octet-stream),
+  413 ``content-length`` / ``body`` (over the largest valid payload of the bundle, before
+  anything is decoded), 503 server busy (``max_inflight`` requests running; ``Retry-After``),
+  400 the wire format (:func:`~splitpack.runtimes.wire.decode_payload` names the field),
+  409 ``bundle_id`` (not this bundle's :func:`~splitpack.runtimes.backends.wire_bundle_id`),
+  404 ``variant_id`` (no tail for it), 400 ``dtype`` / ``bits`` / ``shape`` / ``scale`` /
+  ``offset`` (not the variant's, see :func:`~splitpack.runtimes.backends.expected_wire_input`).
+  200: the model output as a wire payload (float32, bits 32, the same ids), with headers
+  ``X-Splitpack-Tail-Ms`` (tail compute) and ``X-Splitpack-Queue`` (requests in flight).
+  500: the tail failed on a valid input (a bug; the reason says where).
+* ``GET /health`` — ``{"status": "ok", "wire_bundle_id": ...}``; never needs the token.
+* ``GET /metadata`` — bundle ids, provider, limits, queue depth, and per served variant its
+  expected input and its profiled and measured (median) tail ms.
+* ``GET /metrics`` — Prometheus text: requests by variant and status, tail and request
+  seconds (sum, count), requests in flight.
+
+``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a thread pool so
+that the event loop keeps answering (and refusing) while they compute. Imports fastapi,
+uvicorn, numpy, onnxruntime and the standard library; never torch, onnx or the compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
+from splitpack.packaging.bundle import Bundle, read_bundle
+from splitpack.runtimes.backends import (
+    WireInput, expected_wire_input, load_backend, normalize_uint8, wire_bundle_id,
+)  # fmt: skip
+from splitpack.runtimes.wire import HEADER_MAX_BYTES, Payload, decode_payload, encode_payload
+
+__all__ = ["DEFAULT_MAX_BATCH", "EdgeServer", "create_app", "serve", "main"]
+
+DEFAULT_MAX_BATCH = 64
+FALLBACK_MAX_BODY_BYTES = 64 * 2**20  # when a symbolic input dim leaves the size open
+RETRY_AFTER_S = 1
+OCTET_STREAM = "application/octet-stream"
+_RECENT = 1000  # tail times kept per variant for the measured median
+
+
+class _Rejection(Exception):
+    """A request refused with ``status``; ``variant`` is a served id or None (for metrics)."""
+
+    def __init__(self, status: int, reason: str, variant: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.variant, self.headers = status, reason, variant, headers
+
+
+def _zlib_bound(size: int) -> int:
+    """zlib's compressBound: the most a zlib stream of ``size`` input bytes can take."""
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
+
+
+class EdgeServer:
+    """Everything one edge holds: the bundle, one loaded tail per served variant, limits and
+    counters. Created by :func:`create_app` and kept in ``app.state.edge``.
+
+    Args:
+        bundle: A verified bundle.
+        token: Required bearer token, or None for none.
+        max_inflight: Requests that may be decoded and computed at once (>= 1).
+        max_batch: Largest batch one payload may carry (>= 1).
+        providers, threads: Passed to each tail's ONNX Runtime session.
+    """
+
+    def __init__(self, bundle: Bundle, *, token: str | None = None, max_inflight: int = 8,
+                 max_batch: int = DEFAULT_MAX_BATCH, providers: list[str] | None = None,
+                 threads: int | None = None) -> None:
+        for name, value in (("max_inflight", max_inflight), ("max_batch", max_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidConfigError(f"{name}: found {value!r}; expected an int >= 1")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise InvalidConfigError("token: expected a non-empty string or None")
+        self.bundle, self.manifest = bundle, bundle.manifest
+        self.wire_bundle_id = wire_bundle_id(self.manifest)
+        self.token, self.max_inflight, self.max_batch = token, max_inflight, max_batch
+        self.variants = {v.id: v for v in self.manifest.variants if v.kind != "local"}
+        # Every tail is loaded up front: a request never waits for a session to be created.
+        self.tails = {vid: load_backend(bundle, v, part="tail", providers=providers,
+                                        threads=threads) for vid, v in self.variants.items()}
+        self.inputs: dict[str, WireInput] = {vid: expected_wire_input(self.manifest, v)
+                                             for vid, v in self.variants.items()}
+        self.max_elements = self._max_elements()
+        self.max_body_bytes = self._max_body_bytes()
+        self.provider = next(iter(self.tails.values())).provider
+        self.inflight = 0  # touched only on the event loop thread, so no lock
+        self.requests: dict[tuple[str, int], int] = defaultdict(int)
+        self.tail_seconds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.request_seconds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.recent_tail_ms: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=_RECENT))
+
+    def _elements(self, spec: WireInput) -> int | None:
+        dims = spec.shape
+        return None if any(not isinstance(d, int) for d in dims) else self.max_batch * math.prod(dims)
+
+    def _max_elements(self) -> int:
+        counts = [self._elements(spec) for spec in self.inputs.values()]
+        return max(FALLBACK_MAX_BODY_BYTES if c is None else c for c in counts)
+
+    def _max_body_bytes(self) -> int:
+        sizes = []
+        for spec in self.inputs.values():
+            count = self._elements(spec)
+            if count is None:
+                return FALLBACK_MAX_BODY_BYTES
+            sizes.append(HEADER_MAX_BYTES + _zlib_bound((count * spec.bits + 7) // 8))
+        return max(sizes)
+
+    # -- checks, in the order the protocol lists them ------------------------------------------
+
+    def authorize(self, request: Request) -> None:
+        """401 unless the request carries the configured bearer token (constant-time compare)."""
+        if self.token is None:
+            return
+        header = request.headers.get("authorization")
+        if header is None:
+            raise _Rejection(401, "authorization: missing; send 'Authorization: Bearer <token>'",
+                             headers={"WWW-Authenticate": "Bearer"})
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode("utf-8", "replace"), self.token.encode("utf-8")):
+            raise _Rejection(401, "authorization: wrong bearer token; use the token the edge "
+                             "was started with", headers={"WWW-Authenticate": "Bearer"})
+
+    def check_envelope(self, request: Request) -> None:
+        """415 for a wrong content type; 400 / 413 for a bad or too large Content-Length."""
+        content_type = request.headers.get("content-type")
+        if content_type is not None and content_type.split(";")[0].strip().lower() != OCTET_STREAM:
+            raise _Rejection(415, f"content-type: found {content_type[:80]!r}, expected "
+                             f"{OCTET_STREAM} (one wire payload)")
+        declared = request.headers.get("content-length")
+        if declared is None:
+            return
+        if not declared.strip().isdigit():
+            raise _Rejection(400, f"content-length: found {declared[:40]!r}, expected bytes")
+        if int(declared) > self.max_body_bytes:
+            raise _Rejection(413, f"content-length: {int(declared)} bytes is over the largest "
+                             f"valid payload of this bundle ({self.max_body_bytes} bytes, batch "
+                             f"<= {self.max_batch}); send smaller batches")
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, read in chunks and refused (413) as soon as it passes the limit."""
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise _Rejection(413, f"body: over the largest valid payload of this bundle "
+                                     f"({self.max_body_bytes} bytes); send smaller batches")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise _Rejection(400, "body: the client disconnected before sending it all") from None
+        if size == 0:
+            raise _Rejection(400, "body: empty; send one wire payload")
+        return b"".join(chunks)
+
+    def admit(self, payload: Payload, array: np.ndarray) -> str:
+        """409 / 404 / 400 unless the payload fits a served variant; returns its id."""
+        if payload.bundle_id != self.wire_bundle_id:
+            raise _Rejection(409, f"bundle_id: found {payload.bundle_id!r}, this edge serves "
+                             f"{self.wire_bundle_id!r} (model {self.manifest.model_id!r}); deploy "
+                             "the same bundle on the device and the edge")
+        vid = payload.variant_id
+        if vid not in self.variants:
+            raise _Rejection(404, f"variant_id: {vid[:64]!r} has no tail on this edge; served: "
+                             f"{', '.join(self.variants)}")
+        spec = self.inputs[vid]
+        for field, found, wanted in (("dtype", payload.dtype, spec.dtype),
+                                     ("bits", payload.bits, spec.bits)):
+            if found != wanted:
+                raise _Rejection(400, f"{field}: found {found!r} for variant {vid!r}, expected "
+                                 f"{wanted!r}", vid)
+        sample = payload.shape[1:]
+        fits = len(sample) == len(spec.shape) and all(
+            not isinstance(w, int) or w == d for d, w in zip(sample, spec.shape))
+        if not fits or payload.shape[0] > self.max_batch:
+            raise _Rejection(400, f"shape: found {payload.shape} for variant {vid!r}, expected "
+                             f"(batch <= {self.max_batch}, {', '.join(map(str, spec.shape))})", vid)
+        for field, found, wanted in (("scale", payload.scale, spec.scale),
+                                     ("offset", payload.offset, spec.offset)):
+            if not math.isclose(found, wanted, rel_tol=1e-12, abs_tol=1e-300):
+                raise _Rejection(400, f"{field}: found {found!r} for variant {vid!r}, expected "
+                                 f"{wanted!r} (the manifest's quantization)", vid)
+        return vid
+
+    def run_tail(self, variant_id: str, array: np.ndarray) -> tuple[np.ndarray, float]:
+        """Run one tail (in a worker thread); raw uploads are normalized first.
+
+        Args:
+            variant_id: A served variant.
+            array: The decoded codes (split) or raw uint8 pixels (edge).
+
+        Returns:
+            The float32 output and the tail's compute time in ms.
+        """
+        if self.variants[variant_id].kind == "edge":
+            array = normalize_uint8(array, self.manifest.preprocessing)
+        started = time.perf_counter()
+        output = self.tails[variant_id].run(array)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        return np.asarray(output, dtype=np.float32), elapsed_ms
+
+    # -- observability -------------------------------------------------------------------------
+
+    def record(self, variant: str | None, status: int, seconds: float, tail_ms: float | None) -> None:
+        """Count one answered request; unserved variant ids count as ``-`` (never a variant id,
+        and a client cannot grow the label set)."""
+        label = variant if variant in self.variants else "-"
+        self.requests[(label, status)] += 1
+        self.request_seconds[label][0] += seconds
+        self.request_seconds[label][1] += 1
+        if tail_ms is not None:
+            self.tail_seconds[label][0] += tail_ms / 1e3
+            self.tail_seconds[label][1] += 1
+            self.recent_tail_ms[label].append(tail_ms)
+
+    def metadata(self) -> dict:
+        """The ``/metadata`` document."""
+        variants = []
+        for vid, variant in self.variants.items():
+            spec, recent = self.inputs[vid], self.recent_tail_ms.get(vid)
+            variants.append({
+                "id": vid, "kind": variant.kind, "tail_ms": variant.latency.tail_ms,
+                "measured_tail_ms": statistics.median(recent) if recent else None,
+                "requests": sum(n for (v, _), n in self.requests.items() if v == vid),
+                "input": {"dtype": spec.dtype, "bits": spec.bits, "shape": list(spec.shape),
+                          "scale": spec.scale, "offset": spec.offset},
+            })  # fmt: skip
+        return {"bundle_id": self.manifest.bundle_id, "wire_bundle_id": self.wire_bundle_id,
+                "model_id": self.manifest.model_id, "provider": self.provider,
+                "queue": self.inflight, "max_inflight": self.max_inflight,
+                "max_batch": self.max_batch, "max_body_bytes": self.max_body_bytes,
+                "variants": variants}
+
+    def metrics_text(self) -> str:
+        """The ``/metrics`` page in the Prometheus text exposition format (0.0.4)."""
+        lines = ["# HELP splitpack_edge_requests_total Inference requests by variant and status.",
+                 "# TYPE splitpack_edge_requests_total counter"]
+        for (variant, status), count in sorted(self.requests.items()):
+            lines.append(f'splitpack_edge_requests_total{{variant="{variant}",'
+                         f'status="{status}"}} {count}')
+        for name, table, what in (("tail", self.tail_seconds, "Tail compute"),
+                                  ("request", self.request_seconds, "Request handling")):
+            metric = f"splitpack_edge_{name}_seconds"
+            lines += [f"# HELP {metric} {what} time per request.", f"# TYPE {metric} summary"]
+            for variant, (total, count) in sorted(table.items()):
+                lines += [f'{metric}_sum{{variant="{variant}"}} {total:.9g}',
+                          f'{metric}_count{{variant="{variant}"}} {count}']
+        lines += ["# HELP splitpack_edge_inflight Inference requests being handled now.",
+                  "# TYPE splitpack_edge_inflight gauge", f"splitpack_edge_inflight {self.inflight}",
+                  "# HELP splitpack_edge_info The bundle this edge serves.",
+                  "# TYPE splitpack_edge_info gauge",
+                  f'splitpack_edge_info{{wire_bundle_id="{self.wire_bundle_id}",'
+                  f'provider="{self.provider}"}} 1']
+        return "\n".join(lines) + "\n"
+
+
+def _error(rejection: _Rejection) -> JSONResponse:
+    return JSONResponse({"error": rejection.reason}, status_code=rejection.status,
+                        headers=rejection.headers)
+
+
+async def _infer(server: EdgeServer, request: Request) -> Response:
+    started, variant, tail_ms = time.perf_counter(), None, None
+    try:
+        server.authorize(request)
+        server.check_envelope(request)
+        if server.inflight >= server.max_inflight:  # refused before the body is even read
+            raise _Rejection(503, f"server busy: {server.inflight} requests in flight (limit "
+                             f"{server.max_inflight})", headers={"Retry-After": str(RETRY_AFTER_S)})
+        server.inflight += 1
+        try:
+            body = await server.read_body(request)
+            try:
+                payload, array = decode_payload(body, max_elements=server.max_elements)
+            except WireFormatError as exc:
+                raise _Rejection(400, str(exc)) from None
+            variant = server.admit(payload, array)
+            try:
+                output, tail_ms = await run_in_threadpool(server.run_tail, variant, array)
+            except SplitpackError as exc:
+                raise _Rejection(500, f"tail of variant {variant!r} failed: {exc}", variant) from None
+            queue = server.inflight
+        finally:
+            server.inflight -= 1
+        content = encode_payload(output, bundle_id=server.wire_bundle_id, variant_id=variant,
+                                 bits=32)
+    except _Rejection as rejection:
+        server.record(rejection.variant or variant, rejection.status,
+                      time.perf_counter() - started, None)
+        return _error(rejection)
+    server.record(variant, 200, time.perf_counter() - started, tail_ms)
+    return Response(content, media_type=OCTET_STREAM, headers={
+        "X-Splitpack-Tail-Ms": f"{tail_ms:.3f}", "X-Splitpack-Queue": str(queue)})
+
+
+def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | None = None,
+               max_inflight: int = 8, max_batch: int = DEFAULT_MAX_BATCH,
+               providers: list[str] | None = None, threads: int | None = None) -> FastAPI:
+    """Build the edge's FastAPI app; every tail of the bundle is loaded before it returns.
+
+    Args:
+        bundle_path: A bundle folder or archive (verified on load), or a :class:`Bundle`.
+        token: Bearer token required by ``/v1/infer``, ``/metadata`` and ``/metrics``.
+        max_inflight: Requests handled at once; more get 503 with ``Retry-After``.
+        max_batch: Largest batch one payload may carry.
+        providers, threads: ONNX Runtime settings (default CUDA when available, else CPU).
+
+    Returns:
+        The app; its :class:`EdgeServer` is ``app.state.edge``.
+    """
+    bundle = bundle_path if isinstance(bundle_path, Bundle) else read_bundle(bundle_path)
+    server = EdgeServer(bundle, token=token, max_inflight=max_inflight, max_batch=max_batch,
+                        providers=providers, threads=threads)
+    app = FastAPI(title="splitpack edge", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.edge = server
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> Response:
+        return await _infer(server, request)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "wire_bundle_id": server.wire_bundle_id}
+
+    @app.get("/metadata")
+    async def metadata(request: Request) -> Response:
+        try:
+            server.authorize(request)
+        except _Rejection as rejection:
+            return _error(rejection)
+        return JSONResponse(server.metadata())
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        try:
+            server.authorize(request)
+        except _Rejection as rejection:
+            return _error(rejection)
+        return PlainTextResponse(server.metrics_text(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def serve(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1", port: int = 8000,
+          token: str | None = None, max_inflight: int = 8,
+          max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    """Serve a bundle with uvicorn until interrupted (binds loopback unless told otherwise).
+
+    Args:
+        bundle_path: A bundle folder or archive, or a :class:`Bundle`.
+        host, port: Where to listen.
+        token, max_inflight, max_batch: As in :func:`create_app`.
+    """
+    import uvicorn
+
+    app = create_app(bundle_path, token=token, max_inflight=max_inflight, max_batch=max_batch)
+    server: EdgeServer = app.state.edge
+    print(f"splitpack edge: serving {server.manifest.model_id!r} (bundle "
+          f"{server.wire_bundle_id}, {len(server.tails)} tails on {server.provider}) at "
+          f"http://{host}:{port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splitpack.runtimes.edge BUNDLE [--host H] [--port P] [--token T]
+    [--max-inflight N]``; returns the exit status."""
+    from splitpack.runtimes.commands import add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m splitpack.runtimes.edge",
+                                     description="Serve every tail of a splitpack bundle.")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.bundle, host=args.host, port=args.port, token=args.token,
+              max_inflight=args.max_inflight)
+    except SplitpackError as exc:
+        print(f"splitpack: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""A small real bundle for the runtime tests, built with splitpack's compiler pieces.
+
+:func:`build_test_bundle` is the one place that makes it, so that it can later be replaced by
+a ``splitpack compile`` of a tiny model. The codecs are untrained (the runtimes only need the
+artifacts to chain and to be deterministic), and the latencies are plausible numbers chosen so
+that the selector's choice moves with the uplink: split variant ``cut_a`` (tiny payload) wins
+at low bandwidth, ``cut_b`` (large payload, cheap head) at high bandwidth, ``local`` never
+while the edge answers (its head is profiled as slow).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from splitpack.packaging import read_bundle, write_bundle
+from splitpack.packaging.manifest import SCHEMA_VERSION
+from splitpack.runtimes.backends import normalize_uint8, wire_bundle_id
+from splitpack.runtimes.wire import message_bytes, pack_codes, unpack_codes
+
+INPUT_SHAPE = (1, 1, 16, 16)
+NUM_CLASSES = 10
+SAMPLE_COUNT = 8
+MEAN, STD = (0.5,), (0.5,)
+_PLACEHOLDER_WIRE_ID = "0" * 16  # payload sizes only depend on the id's length
+# (cut module, codec, head_ms, tail_ms, accuracy): see the module docstring.
+SPLITS = (("relu1", (2, 2, 2), 2.0, 1.0, 89.5), ("relu2", (16, 1, 8), 1.0, 0.5, 89.8))
+
+
+def tiny_cnn():
+    """The seeded torch model of the bundle: (N, 1, 16, 16) -> (N, 10) logits."""
+    import torch
+    from torch import nn
+
+    class TinyCnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.relu1 = nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()
+            self.conv2, self.relu2 = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, NUM_CLASSES)
+
+        def forward(self, x):
+            x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    torch.manual_seed(0)
+    return TinyCnn().eval()
+
+
+def run_onnx_per_sample(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a model one sample at a time on CPU, as the runtimes do for single requests."""
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _tensor(name: str, dtype: str, shape) -> dict:
+    return {"name": name, "dtype": dtype, "shape": ["batch", *shape]}
+
+
+def _variant(variant_id: str, kind: str, *, head_ms: float, tail_ms: float, payload_bytes: int,
+             accuracy: float, artifacts: dict, result_bytes: int, **split_fields) -> dict:
+    fields = {
+        "id": variant_id, "kind": kind, "cut": None, "cut_label": None, "codec": None,
+        "compression_ratio": 1.0, "payload_bytes": payload_bytes, "accuracy": accuracy,
+        "predicted_accuracy": None, "head_output": None, "tail_input": None,
+        "quantization": None,
+        "artifacts": {"head": None, "head_tflite": None, "tail": None, **artifacts},
+        "latency": {"head_ms": head_ms, "tail_ms": tail_ms, "result_bytes": result_bytes,
+                    "device_memory_bytes": 100_000},
+    }  # fmt: skip
+    fields.update(split_fields)
+    return fields
+
+
+def build_test_bundle(tmp_dir: Path) -> Path:
+    """Build and write the test bundle: local, edge and two split variants, with samples.
+
+    Args:
+        tmp_dir: A folder to write into.
+
+    Returns:
+        The bundle folder.
+    """
+    from splitpack.compiler.codec import (
+        CodecSpec, build_codec_modules, codes_shape, compression_ratio, quantization_params,
+    )  # fmt: skip
+    from splitpack.compiler.cuts import find_cuts
+    from splitpack.compiler.export import export_onnx
+    from splitpack.compiler.grid import variant_id
+    from splitpack.compiler.splice import build_variant
+
+    model = export_onnx(tiny_cnn(), INPUT_SHAPE)
+    whole = model.SerializeToString()
+    cuts = {cut.module_path: cut for cut in find_cuts(model, INPUT_SHAPE)}
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 256, size=(SAMPLE_COUNT, *INPUT_SHAPE[1:]), dtype=np.uint8)
+    normalized = normalize_uint8(inputs, _preprocessing())
+    result_bytes = lambda vid: message_bytes(  # noqa: E731
+        (1, NUM_CLASSES), 32, bundle_id=_PLACEHOLDER_WIRE_ID, variant_id=vid)
+    files = {"local/model.onnx": whole}
+    expected = {"local": run_onnx_per_sample(whole, normalized),
+                "edge": run_onnx_per_sample(whole, normalized)}
+    raw_payload = message_bytes(INPUT_SHAPE, 8, bundle_id=_PLACEHOLDER_WIRE_ID, variant_id="edge")
+    variants = [
+        _variant("local", "local", head_ms=100.0, tail_ms=0.0, payload_bytes=0, accuracy=90.0,
+                 artifacts={"head": "local/model.onnx"}, result_bytes=0),
+        _variant("edge", "edge", head_ms=0.0, tail_ms=5.0, payload_bytes=raw_payload,
+                 accuracy=90.0, artifacts={"tail": "local/model.onnx"},
+                 result_bytes=result_bytes("edge")),
+    ]
+    for module, (channels, stride, bits), head_ms, tail_ms, accuracy in SPLITS:
+        cut, codec = cuts[module], CodecSpec(channels, stride, bits)
+        encoder, decoder = build_codec_modules(cut.shape, codec)
+        head, tail = build_variant(model, cut, codec, encoder.eval(), decoder.eval())
+        vid, shape = variant_id(cut, codec), codes_shape(cut.shape, codec)
+        head_bytes, tail_bytes = head.SerializeToString(), tail.SerializeToString()
+        files[f"variants/{vid}/head.onnx"], files[f"variants/{vid}/tail.onnx"] = head_bytes, tail_bytes
+        codes = run_onnx_per_sample(head_bytes, normalized)
+        unpacked = unpack_codes(pack_codes(codes, bits), bits, codes.size).reshape(codes.shape)
+        expected[vid] = run_onnx_per_sample(tail_bytes, unpacked)
+        scale, offset = quantization_params(bits)
+        variants.append(_variant(
+            vid, "split", head_ms=head_ms, tail_ms=tail_ms, accuracy=accuracy,
+            payload_bytes=message_bytes((1, *shape), bits, bundle_id=_PLACEHOLDER_WIRE_ID,
+                                        variant_id=vid),
+            artifacts={"head": f"variants/{vid}/head.onnx", "tail": f"variants/{vid}/tail.onnx"},
+            result_bytes=result_bytes(vid), cut=cut.name, cut_label=cut.label, codec=codec.name,
+            compression_ratio=compression_ratio(cut.shape, codec),
+            head_output=_tensor("codes", "uint8", shape), tail_input=_tensor("codes", "uint8", shape),
+            quantization={"bits": bits, "scale": scale, "offset": offset,
+                          "codes_shape": list(shape)}))
+    files["samples/inputs.npz"] = _npz(inputs=inputs)
+    files["samples/expected.npz"] = _npz(**expected)
+    fields = {
+        "schema_version": SCHEMA_VERSION, "model_id": "tiny-cnn-test", "created_by": "tests",
+        "input": _tensor("input", "float32", INPUT_SHAPE[1:]),
+        "output": _tensor("output", "float32", (NUM_CLASSES,)),
+        "num_classes": NUM_CLASSES, "preprocessing": {"mean": list(MEAN), "std": list(STD)},
+        "baseline_accuracy": 90.0, "variants": variants, "predictor": None,
+        "profiles": {"host": "test fixture", "provider": "CPUExecutionProvider",
+                     "note": "plausible latencies, not measured"},
+        "samples": {"path": "samples/inputs.npz", "count": SAMPLE_COUNT, "input_dtype": "uint8",
+                    "expected_outputs": "samples/expected.npz"},
+    }  # fmt: skip
+    write_bundle(tmp_dir / "bundle", fields, files)
+    return tmp_dir / "bundle"
+
+
+def _preprocessing():
+    from splitpack.packaging.manifest import Preprocessing
+
+    return Preprocessing(mean=list(MEAN), std=list(STD))
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the test bundle (built once per session)."""
+    return build_test_bundle(tmp_path_factory.mktemp("runtime-bundle"))
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_path: Path):
+    """The test bundle, read and verified."""
+    return read_bundle(bundle_path)
+
+
+@pytest.fixture(scope="session")
+def split_ids(bundle) -> list[str]:
+    """Ids of the split variants: [low-bandwidth choice, high-bandwidth choice]."""
+    return [v.id for v in bundle.manifest.variants if v.kind == "split"]
+
+
+@pytest.fixture(scope="session")
+def wire_id(bundle) -> str:
+    """The bundle id as the wire carries it."""
+    return wire_bundle_id(bundle.manifest)
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,0 +1,290 @@
+"""The device runtime: against a real edge process over loopback (switches, fallback, recovery),
+and against the in-process app behind an httpx transport (each failure mode, deterministically)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from splitpack.errors import InvalidConfigError
+from splitpack.packaging import read_samples
+from splitpack.runtimes import commands
+from splitpack.runtimes.backends import normalize_uint8
+from splitpack.runtimes.device import DeviceRuntime
+from splitpack.runtimes.edge import create_app
+from splitpack.runtimes.netem import ShapedLink, constant_trace
+from splitpack.runtimes.wire import decode_payload
+from tests.runtimes.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ATOL = 1e-4
+LOW_MBPS, HIGH_MBPS = 0.05, 50.0
+
+
+@pytest.fixture(scope="module")
+def samples(bundle):
+    return read_samples(bundle)
+
+
+# -- a real edge process -----------------------------------------------------------------------
+
+class EdgeProcess:
+    """``python -m splitpack.runtimes.edge`` on a loopback port; start, kill, start again."""
+
+    def __init__(self, bundle_path: Path, port: int) -> None:
+        self.bundle_path, self.port, self.process = bundle_path, port, None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, deadline_s: float = 20.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "splitpack.runtimes.edge", str(self.bundle_path),
+             "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"edge exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"edge did not answer /health within {deadline_s} s")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def edge_process(bundle_path):
+    edge = EdgeProcess(bundle_path, free_port())
+    edge.start()
+    yield edge
+    edge.kill()
+
+
+def _check(result, expected, index: int) -> None:
+    """The output equals the offline output of the variant the runtime says it used."""
+    assert result.output.shape == expected[result.variant_id][index].shape
+    np.testing.assert_allclose(result.output, expected[result.variant_id][index], atol=ATOL)
+
+
+def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, samples,
+                                                     split_ids) -> None:
+    inputs, expected = samples
+    low, high = split_ids
+    runtime = DeviceRuntime(bundle, edge_process.url, link=ShapedLink(constant_trace(LOW_MBPS)),
+                            rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05)
+    with runtime:
+        for index in range(len(inputs)):  # a slow uplink: the tiny payload wins
+            result = runtime.infer(inputs[index])
+            assert (result.mode, result.fallback) == ("split", False)
+            assert result.transfer_ms > 0 and result.edge_ms > 0 and result.head_ms > 0
+            _check(result, expected, index)
+        assert result.variant_id == low
+        runtime.link = ShapedLink(constant_trace(HIGH_MBPS))
+        for step in range(30):  # a fast uplink: once the estimate follows, the cheap head wins
+            result = runtime.infer(inputs[step % len(inputs)])
+            _check(result, expected, step % len(inputs))
+            if result.variant_id == high:
+                break
+        assert result.variant_id == high, runtime.stats
+        stats = runtime.stats
+        assert stats["switches"] >= 1 and len(stats["switch_ms"]) == stats["switches"]
+        assert all(math.isfinite(ms) and ms >= 0 for ms in stats["switch_ms"])
+
+        edge_process.kill()
+        for index in range(len(inputs)):  # every request is still answered, locally
+            result = runtime.infer(inputs[index])
+            assert (result.variant_id, result.mode, result.fallback) == ("local", "local", True)
+            _check(result, expected, index)
+        assert runtime.stats["fallbacks"] == 1 and not runtime.edge_up
+        assert re.match(rf"variant {high}: (ConnectError|RemoteProtocolError|ReadError|WriteError)",
+                        runtime.stats["errors"][-1]), runtime.stats["errors"]
+
+        edge_process.start()
+        deadline, step = time.monotonic() + 10.0, 0
+        while time.monotonic() < deadline:
+            result = runtime.infer(inputs[step % len(inputs)])
+            _check(result, expected, step % len(inputs))
+            if result.mode == "split":
+                break
+            step += 1
+            time.sleep(0.01)
+        assert (result.mode, result.fallback) == ("split", False), runtime.stats
+        assert runtime.edge_up and runtime.stats["probes"] >= 1
+
+
+def test_run_command_prints_one_line_per_sample(bundle, edge_process, samples, tmp_path,
+                                                capsys) -> None:
+    inputs, expected = samples
+    np.save(tmp_path / "inputs.npy", inputs[:4])
+    (tmp_path / "trace.csv").write_text("seconds,mbps\n0,1\n1,2\n")
+    parser = argparse.ArgumentParser()
+    commands.add_runtime_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", str(bundle.root), "--edge", edge_process.url, "--input",
+                              str(tmp_path / "inputs.npy"), "--trace", str(tmp_path / "trace.csv")])
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    for index, line in enumerate(lines):
+        fields = dict(part.split("=") for part in line.split()[1:])
+        assert fields["mode"] in ("split", "edge") and float(fields["latency_ms"]) > 0
+        assert int(fields["argmax"]) == int(np.argmax(expected[fields["variant"]][index]))
+
+
+def test_run_command_refuses_a_bad_input_file(bundle, tmp_path) -> None:
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InvalidConfigError, match="cannot be read as a .npy"):
+        commands.load_inputs(tmp_path / "bad.npy", 3)
+    np.save(tmp_path / "flat.npy", np.zeros(5))
+    with pytest.raises(InvalidConfigError, match=r"found shape \(5,\)"):
+        commands.load_inputs(tmp_path / "flat.npy", 3)
+
+
+# -- the in-process app behind a transport that can fail on demand -----------------------------
+
+class FlakyEdge:
+    """An httpx transport to the edge app; ``failure`` makes the next requests fail."""
+
+    def __init__(self, app) -> None:
+        self.client, self.failure, self.health_id, self.bodies = TestClient(app), None, None, []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health" and self.health_id is not None:
+            return httpx.Response(200, json={"status": "ok", "wire_bundle_id": self.health_id})
+        if self.failure == "refuse":
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.failure == "timeout" and request.url.path == "/v1/infer":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if self.failure == "busy" and request.url.path == "/v1/infer":
+            return httpx.Response(503, json={"error": "server busy: 8 requests in flight"})
+        if self.failure == "garbage" and request.url.path == "/v1/infer":
+            return httpx.Response(200, content=b"SPLT garbage")
+        self.bodies.append(request.content)
+        headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
+        answer = self.client.request(request.method, request.url.path, content=request.content,
+                                     headers=headers)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def app(bundle):
+    return create_app(bundle, token="t")
+
+
+def _runtime(bundle, edge: FlakyEdge, clock: FakeClock, **options) -> DeviceRuntime:
+    return DeviceRuntime(bundle, "http://edge.test", token="t", transport=httpx.MockTransport(edge),
+                         clock=clock, probe_interval_s=1.0, rtt_ms=1.0, **options)
+
+
+@pytest.mark.parametrize("failure, reason", [
+    ("refuse", "ConnectError: connection refused"),
+    ("timeout", "timed out after 2 s"),
+    ("busy", "edge answered 503: server busy"),
+    ("garbage", "malformed response: wire payload"),
+])  # fmt: skip
+def test_each_failure_is_answered_locally_then_probed(bundle, app, samples, failure,
+                                                      reason) -> None:
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock) as runtime:
+        assert runtime.infer(inputs[0]).mode == "split"
+        edge.failure = failure
+        result = runtime.infer(inputs[1])
+        assert (result.variant_id, result.fallback) == ("local", True)
+        _check(result, expected, 1)
+        assert reason in runtime.stats["errors"][-1] and not runtime.edge_up
+        edge.failure = None
+        clock.now += 0.5  # within the probe interval: local, no probe
+        assert runtime.infer(inputs[2]).fallback and runtime.stats["probes"] == 0
+        clock.now += 0.6
+        result = runtime.infer(inputs[3])
+        assert (result.mode, result.fallback, runtime.stats["probes"]) == ("split", False, 1)
+        _check(result, expected, 3)
+        assert runtime.stats["fallbacks"] == 1 and runtime.stats["modes"]["local"] == 2
+
+
+def test_a_probe_of_another_bundle_keeps_the_edge_down(bundle, app, samples) -> None:
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock) as runtime:
+        edge.failure = "refuse"
+        assert runtime.infer(inputs[0]).fallback
+        edge.failure, edge.health_id = None, "0123456789abcdef"
+        clock.now += 5
+        assert runtime.infer(inputs[1]).fallback
+        assert (runtime.stats["probes"], runtime.stats["probe_failures"]) == (1, 1)
+
+
+def test_a_slow_device_uploads_raw_input_even_when_given_floats(bundle, app, samples) -> None:
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    normalized = normalize_uint8(inputs, bundle.manifest.preprocessing)
+    with _runtime(bundle, edge, clock, device_slowdown=1000.0) as runtime:
+        result = runtime.infer(normalized[:4])  # a batch of float32 inputs
+        assert (result.variant_id, result.mode, result.fallback) == ("edge", "edge", False)
+        assert result.output.shape == (4, 10)
+        np.testing.assert_allclose(result.output, expected["edge"][:4], atol=ATOL)
+        header, sent = decode_payload(edge.bodies[-1])
+        assert header.variant_id == "edge" and np.array_equal(sent, inputs[:4])
+
+
+def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, samples) -> None:
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.001) as runtime:
+        first = runtime.infer(inputs[0])
+        assert (first.mode, first.fallback) == ("local", False)
+        clock.now += 1.0
+        explored = runtime.infer(inputs[1])
+        assert explored.mode != "local" and runtime.stats["explorations"] == 1
+        _check(explored, expected, 1)
+        assert runtime.infer(inputs[2]).mode != "local"  # the new estimate keeps it remote
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((1, 16, 16), np.float64), r"found float64 \(1, 16, 16\)"),
+    (np.zeros((16, 16), np.uint8), r"found uint8 \(16, 16\)"),
+    (np.zeros((2, 1, 8, 8), np.uint8), r"found uint8 \(2, 1, 8, 8\)"),
+])  # fmt: skip
+def test_bad_inputs_are_refused(bundle, app, x, match) -> None:
+    with _runtime(bundle, FlakyEdge(app), FakeClock()) as runtime:
+        with pytest.raises(InvalidConfigError, match=match):
+            runtime.infer(x)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"edge_url": "edge:8000"}, "edge_url: found 'edge:8000'"),
+    ({"device_slowdown": 0}, "device_slowdown: found 0"),
+    ({"hysteresis": 1.0}, "hysteresis: found 1.0"),
+    ({"backend": "tensorrt"}, "backend 'tensorrt' is not known"),
+])  # fmt: skip
+def test_bad_settings_are_refused(bundle, options, match) -> None:
+    url = options.pop("edge_url", "http://127.0.0.1:9")
+    with pytest.raises(InvalidConfigError, match=match):
+        DeviceRuntime(bundle, url, **options)

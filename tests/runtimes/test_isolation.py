@@ -1,0 +1,110 @@
+"""The runtimes work on a device that has neither torch, onnx, onnx-graphsurgeon nor sklearn.
+
+A subprocess makes those packages (and splitpack's compiler) unimportable before splitpack is
+imported, then serves the test bundle and runs a device request against it over loopback. A
+static check complements it for imports that only run inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.runtimes.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIMES = ROOT / "splitpack" / "runtimes"
+FORBIDDEN = ("torch", "onnx", "onnx_graphsurgeon", "sklearn", "splitpack.compiler",
+             "splitpack.predictors.accuracy")
+
+SCRIPT = r'''
+import importlib.abc
+import sys
+
+FORBIDDEN = {forbidden!r}
+
+
+def _forbidden(name):
+    return any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if _forbidden(name):
+            raise ImportError(f"{{name}} is not installed on this device (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+
+import threading
+import time
+
+import numpy as np
+import uvicorn
+from fastapi.testclient import TestClient
+
+import splitpack.runtimes.backends
+import splitpack.runtimes.commands
+import splitpack.runtimes.netem
+from splitpack.packaging import read_bundle, read_samples
+from splitpack.runtimes.device import DeviceRuntime
+from splitpack.runtimes.edge import create_app
+from splitpack.runtimes.wire import decode_payload, encode_payload
+
+bundle_path, port = sys.argv[1], int(sys.argv[2])
+bundle = read_bundle(bundle_path)
+inputs, expected = read_samples(bundle)
+app = create_app(bundle)
+wire_id = app.state.edge.wire_bundle_id
+message = encode_payload(inputs[:1], bundle_id=wire_id, variant_id="edge", bits=8)
+answer = TestClient(app).post("/v1/infer", content=message)
+assert answer.status_code == 200, answer.text
+np.testing.assert_allclose(decode_payload(answer.content)[1][0], expected["edge"][0], atol=1e-4)
+
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+thread = threading.Thread(target=server.run, daemon=True)
+thread.start()
+deadline = time.monotonic() + 10
+while not server.started and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert server.started, "uvicorn did not start"
+with DeviceRuntime(bundle, f"http://127.0.0.1:{{port}}", rtt_ms=1.0) as runtime:
+    result = runtime.infer(inputs[1])
+server.should_exit = True
+thread.join(10)
+assert not result.fallback and result.mode in ("split", "edge"), result
+np.testing.assert_allclose(result.output, expected[result.variant_id][1], atol=1e-4)
+leaked = sorted(name for name in sys.modules if _forbidden(name))
+assert not leaked, leaked
+print("ok", result.variant_id)
+'''
+
+
+def test_runtimes_work_without_the_compiler_stack(bundle_path: Path) -> None:
+    script = SCRIPT.format(forbidden=FORBIDDEN)
+    done = subprocess.run([sys.executable, "-c", script, str(bundle_path), str(free_port())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok ")
+
+
+def _imported_names(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_no_runtime_module_imports_the_compiler_stack_even_lazily() -> None:
+    modules = sorted(RUNTIMES.glob("*.py"))
+    assert {"backends.py", "device.py", "edge.py", "commands.py"} <= {p.name for p in modules}
+    for path in modules:
+        bad = [name for name in _imported_names(path)
+               if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
+        assert not bad, f"{path.name} imports {bad}"
