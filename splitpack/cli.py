@@ -214,7 +214,8 @@ def _cmd_bench_predictor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="splitpack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="splitpack", description="Compile a trained model into a bundle of head/tail variants for end-edge co-inference.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     cuts = commands.add_parser("cuts", help="list every valid cut of a model")
@@ -256,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     predictor.add_argument("--plot", help="PNG of measured (solid) and predicted (dashed) curves per cut")
     predictor.set_defaults(handler=_cmd_bench_predictor)
 
+    from splitpack.compile_cli import add_bundle_commands
     from splitpack.runtimes.commands import add_runtime_commands
 
+    add_bundle_commands(commands, bench)
     add_runtime_commands(commands)
     return parser
 

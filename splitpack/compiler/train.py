@@ -34,6 +34,8 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Spinning worker threads waste the CPU that training (torch) needs on a small machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])

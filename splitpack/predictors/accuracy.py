@@ -68,6 +68,7 @@ class CellFeatures:
     code_bytes: float
     bits: int
     compression_ratio: float
+    codec: str = ""  # identity only (two codecs can send the same bytes at the same bits)
 
     @property
     def u(self) -> float:
@@ -82,6 +83,7 @@ class CellFeatures:
             code_bytes=cell["cut_bytes"] / cell["compression_ratio"],
             bits=int(cell["bits"]),
             compression_ratio=float(cell["compression_ratio"]),
+            codec=cell["codec"],
         )
 
 
@@ -209,6 +211,19 @@ class AccuracyPredictor:
         )
         penalty = _PRIOR_STRENGTH * ((_SHIFT_GRID - prior) / _SHIFT_SIGMA[0]) ** 2
         self.shifts[cut] = float(_SHIFT_GRID[int(np.argmin(errors + penalty))])
+
+    def observe(self, cell: CellFeatures, accuracy: float) -> "AccuracyPredictor":
+        """A predictor that also knows ``cell`` measured ``accuracy`` (e.g. a final training):
+        refit the source curve when the cell is at the source cut, else the cut's shift."""
+        point = (cell.u, cell.bits, self.baseline_accuracy - accuracy)
+        if cell.cut == self.source_cut:
+            updated = fit_predictor(self.baseline_accuracy, self.source_cut, cell.cut_position,
+                                    list(self.source_points) + [point])
+            updated.target_points, updated.cut_positions, updated.shifts = (
+                dict(self.target_points), dict(self.cut_positions), dict(self.shifts))
+            return updated
+        self.add_target_samples(cell.cut, cell.cut_position, [point])
+        return self
 
     # -- predictions ------------------------------------------------------------------------
     def predict(self, cells: list[CellFeatures]) -> list[Prediction]:

@@ -18,7 +18,7 @@ grid, ``compile`` trains real cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -34,12 +34,12 @@ _SOURCE_FIRST = 4
 @dataclass
 class SamplingResult:
     predictor: AccuracyPredictor
-    trained: dict[tuple[str, float, int], float]  # (cut, code_bytes, bits) -> measured accuracy
+    trained: dict[tuple[str, str, float, int], float]  # (cut, codec, code_bytes, bits) -> accuracy
     order: list[CellFeatures]
 
 
-def _key(cell: CellFeatures) -> tuple[str, float, int]:
-    return (cell.cut, round(cell.code_bytes, 6), cell.bits)
+def _key(cell: CellFeatures) -> tuple[str, str, float, int]:
+    return (cell.cut, cell.codec, round(cell.code_bytes, 6), cell.bits)
 
 
 def choose_source_cut(candidates: list[CellFeatures]) -> str:
@@ -91,7 +91,7 @@ def sample_and_fit(
     by_cut: dict[str, list[CellFeatures]] = {}
     for cell in candidates:
         by_cut.setdefault(cell.cut, []).append(cell)
-    trained: dict[tuple[str, float, int], float] = {}
+    trained: dict[tuple[str, str, float, int], float] = {}
     order: list[CellFeatures] = []
 
     def measure(cell: CellFeatures) -> float:
@@ -136,8 +136,8 @@ def sample_and_fit(
 
 
 def _slopes(predictor: AccuracyPredictor, cells: list[CellFeatures]) -> list[float]:
-    upper = [CellFeatures(c.cut, c.cut_position, c.code_bytes * 2 ** 0.5, c.bits, c.compression_ratio) for c in cells]
-    lower = [CellFeatures(c.cut, c.cut_position, c.code_bytes * 2 ** -0.5, c.bits, c.compression_ratio) for c in cells]
+    upper = [replace(c, code_bytes=c.code_bytes * 2 ** 0.5) for c in cells]
+    lower = [replace(c, code_bytes=c.code_bytes * 2 ** -0.5) for c in cells]
     return [a.accuracy - b.accuracy for a, b in zip(predictor.predict(upper), predictor.predict(lower))]
 
 

@@ -28,7 +28,7 @@ def _family(shifts: list[float]) -> tuple[list[CellFeatures], dict[CellFeatures,
     for j, shift in enumerate(shifts):
         cut_bytes = 16384 / 2 ** (j // 2)
         for ratio in RATIOS:
-            cell = CellFeatures(f"cut{j}", (j + 0.5) / len(shifts), cut_bytes / ratio, 8, ratio)
+            cell = CellFeatures(f"cut{j}", (j + 0.5) / len(shifts), cut_bytes / ratio, 8, ratio, f"r{ratio}")
             cells.append(cell)
             truth[cell] = _accuracy(cut_bytes, ratio, 24.0 * 2**shift)
     return cells, truth
@@ -82,7 +82,7 @@ def test_too_few_source_samples_and_budgets():
 def _grid(shifts):
     cells, truth = _family(shifts)
     grid_cells = [
-        {"cut": c.cut, "codec": f"c{int(c.compression_ratio)}s1b8", "cut_bytes": c.code_bytes * c.compression_ratio,
+        {"cut": c.cut, "codec": c.codec, "cut_bytes": c.code_bytes * c.compression_ratio,
          "cut_position": c.cut_position, "bits": 8, "compression_ratio": c.compression_ratio,
          "payload_bytes": int(c.code_bytes) + 60, "accuracy": truth[c], "train_examples": 1000}
         for c in cells

@@ -1,0 +1,98 @@
+"""Settings of ``splitpack compile``: one typed, closed record, from the command line and/or a
+TOML file (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from splitpack.errors import InvalidConfigError
+
+__all__ = ["CompileSettings", "load_settings", "parse_bandwidth"]
+
+
+def parse_bandwidth(text: str) -> tuple[float, float]:
+    """``0.5:100`` -> (0.5, 100.0) Mbit/s."""
+    low, sep, high = text.partition(":")
+    try:
+        values = (float(low), float(high))
+    except ValueError:
+        values = None
+    if not sep or values is None or not 0 < values[0] < values[1]:
+        raise InvalidConfigError(f"bandwidth range {text!r} is malformed; write LOW:HIGH in Mbit/s with 0 < LOW < HIGH, e.g. 0.5:100")
+    return values
+
+
+class CompileSettings(BaseModel):
+    """Everything ``compile`` needs besides the output folder. Field names match the options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    weights: str | None = None
+    input_shape: str | None = None
+    data: str = "digits"
+    image_size: int | None = Field(default=None, ge=1)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    train_limit: int | None = Field(default=None, ge=1)
+    test_limit: int | None = Field(default=None, ge=1)
+    variants: int = Field(default=4, ge=1, le=5)
+    max_accuracy_drop: float = Field(default=1.0, ge=0)
+    bandwidth: str = "0.5:100"
+    device_slowdown: float = Field(default=1.0, gt=0)
+    tflite: bool = True
+    budget: int = Field(default=16, ge=4)
+    epochs: int = Field(default=6, ge=1)
+    final_epochs: int = Field(default=10, ge=1)
+    samples: int = Field(default=32, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _check_bandwidth(cls, value: str) -> str:
+        parse_bandwidth(value)
+        return value
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what is trained (names the work folder)."""
+        identity = self.model_dump(exclude={"variants", "max_accuracy_drop", "bandwidth", "device_slowdown", "tflite"})
+        if self.weights and Path(self.weights).is_file():
+            identity["weights_sha256"] = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_settings(config: str | None, overrides: dict) -> CompileSettings:
+    """Merge a TOML config file (optional) with command-line values (those not None win).
+
+    Raises:
+        InvalidConfigError: unreadable TOML, unknown keys, or values out of range, naming each.
+    """
+    values: dict = {}
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise InvalidConfigError(f"config file {config!r} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidConfigError(f"config file {config!r} is not valid TOML: {exc}") from None
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return CompileSettings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(settings)"
+            if error["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(CompileSettings.model_fields))
+                problems.append(f"unknown key {key!r} (allowed: {allowed})")
+            else:
+                problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+        source = f"config {config!r} and options" if config else "options"
+        raise InvalidConfigError(f"compile settings from {source}: " + "; ".join(problems)) from None
