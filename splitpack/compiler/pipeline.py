@@ -134,8 +134,10 @@ def _pad(chosen: list[str], profiles, constraints, operating_range, k: int) -> l
     follow a device whose load or uplink leaves the planned range."""
     from splitpack.predictors.latency import ProfileArrays, latency_matrix
 
-    feasible = [p for p in profiles if p.kind == "split" and p.accuracy >= constraints.min_accuracy - 1e-9
-                and p.id not in chosen]
+    splits = [p for p in profiles if p.kind == "split" and p.id not in chosen]
+    feasible = [p for p in splits if p.accuracy >= constraints.min_accuracy - 1e-9]
+    if not feasible and not chosen:  # none is likely to hold: try the most accurate ones
+        feasible = sorted(splits, key=lambda p: -p.accuracy)[: 4 * k]
     if len(chosen) >= k or not feasible:
         return chosen
     latency = latency_matrix(ProfileArrays.from_profiles(feasible), operating_range.condition_arrays())

@@ -27,7 +27,8 @@ cliff; instance weighting still needs the target's cliff to be sampled.
 
 Uncertainty: between two source samples, the fraction of their drop difference not yet pinned
 down (largest midway, zero at a sample), plus the shift's: σ² = σ_g² + (∂g/∂u · σ_δ)², with
-σ_δ = 1.5 (no target sample), 0.6 (one), 0.35 (two or more) bits of u; never below 0.3 points.
+σ_δ = 1.5 (no target sample), 0.6 (one), 0.35 (two or more) bits of u, plus ∂g/∂u · 0.5 per
+octave between the cell's bit width and the nearest one trained; never below 0.3 points.
 
 Saved as JSON (samples, β, shifts), never pickle; loading refits the isotonic curve, which is
 deterministic.
@@ -236,7 +237,10 @@ class AccuracyPredictor:
         shifted = u + shift[:, 0]
         drop, std = self._g(shifted, bits, return_std=True)
         slope = (self._g(shifted + 0.5, bits) - self._g(shifted - 0.5, bits)) / 1.0
-        total_std = np.maximum(np.sqrt(std**2 + (slope * shift[:, 1]) ** 2), _MIN_STD)
+        # bit widths no trained cell had: their trade against bytes is a guess (±0.5 u per octave)
+        seen = np.log2(sorted({p[1] for p in self.source_points} | {p[1] for v in self.target_points.values() for p in v}))
+        octaves = np.min(np.abs(np.log2(bits)[:, None] - seen[None, :]), axis=1)
+        total_std = np.maximum(np.sqrt(std**2 + (slope * shift[:, 1]) ** 2 + (slope * 0.5 * octaves) ** 2), _MIN_STD)
         accuracy = np.clip(self.baseline_accuracy - drop, 0.0, 100.0)
         return [Prediction(float(a), float(s)) for a, s in zip(accuracy, total_std)]
 

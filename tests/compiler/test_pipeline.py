@@ -1,0 +1,256 @@
+"""`splitpack compile` on a model and data set defined here (not in splitpack.models), the
+bundle it writes, `inspect`, `verify`, and what happens to tampered bundles."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from splitpack.cli import main
+from splitpack.compiler.settings import CompileSettings, load_settings
+from splitpack.compiler.tflite import compare_tflite, export_tflite, run_tflite
+from splitpack.errors import InvalidBundleError, InvalidConfigError
+from splitpack.packaging.bundle import read_bundle, read_samples
+from splitpack.runtimes.backends import normalize_uint8
+from splitpack.runtimes.verify import verify_bundle
+
+USER_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Stripes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
+                nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+            )
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    def stripes():
+        return Stripes()
+    """
+)
+
+
+def _stripes(rng, count):
+    """Three classes of 8x8 uint8 images: horizontal, vertical or diagonal stripes, noisy."""
+    labels = rng.integers(0, 3, size=count)
+    grid = np.indices((8, 8))
+    patterns = [(grid[0] % 2), (grid[1] % 2), ((grid[0] + grid[1]) % 2)]
+    images = np.stack([patterns[k] * 160 + rng.integers(0, 90, size=(8, 8)) for k in labels])
+    return images[:, None].astype(np.uint8), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    (root / "stripes.py").write_text(USER_MODEL)
+    rng = np.random.default_rng(0)
+    x_train, y_train = _stripes(rng, 300)
+    x_test, y_test = _stripes(rng, 100)
+    np.savez(root / "stripes.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    from splitpack.compiler.export import load_torch_module
+    from splitpack.models import train_classifier
+
+    torch.manual_seed(0)
+    model = load_torch_module(f"{root / 'stripes.py'}:stripes")
+    train_classifier(model, (x_train / 255.0).astype(np.float32), y_train, epochs=8, lr=5e-3, seed=0, progress=False)
+    torch.save(model.state_dict(), root / "stripes.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def compiled(user_project):
+    out = user_project / "bundle"
+    code = main([
+        "compile", f"{user_project / 'stripes.py'}:stripes", "--weights", str(user_project / "stripes.pt"),
+        "--data", f"npz:{user_project / 'stripes.npz'}", "--out", str(out), "--variants", "2", "--budget", "6",
+        "--epochs", "3", "--final-epochs", "4", "--samples", "8", "--max-accuracy-drop", "5", "--device-slowdown", "10",
+    ])
+    assert code == 0
+    return out
+
+
+def test_bundle_verifies_and_accuracies_are_measured_in_onnx_runtime(compiled, user_project):
+    bundle = read_bundle(compiled)
+    manifest = bundle.manifest
+    kinds = [v.kind for v in manifest.variants]
+    assert kinds.count("local") == 1 and kinds.count("edge") == 1 and kinds.count("split") == 2
+    report = verify_bundle(compiled)
+    assert set(report.variants) == {v.id for v in manifest.variants}
+    with np.load(user_project / "stripes.npz") as data:
+        x_test, y_test = data["x_test"], data["y_test"]
+    x = normalize_uint8(x_test, manifest.preprocessing)
+    import onnxruntime as ort
+
+    for variant in manifest.variants:
+        if variant.kind != "split":
+            assert variant.accuracy == manifest.baseline_accuracy
+            continue
+        head = ort.InferenceSession(str(bundle.path(variant.artifacts.head)), providers=["CPUExecutionProvider"])
+        tail = ort.InferenceSession(str(bundle.path(variant.artifacts.tail)), providers=["CPUExecutionProvider"])
+        codes = head.run(None, {"input": x})[0]
+        logits = tail.run(None, {"codes": codes})[0]
+        assert variant.accuracy == pytest.approx(100 * np.mean(logits.argmax(-1) == y_test))
+        assert variant.accuracy >= manifest.baseline_accuracy - 5.0
+        assert variant.predicted_accuracy is not None
+
+
+def test_tflite_heads_match_onnx_heads(compiled):
+    bundle = read_bundle(compiled)
+    inputs, _ = read_samples(bundle)
+    x = normalize_uint8(inputs, bundle.manifest.preprocessing)
+    for variant in bundle.manifest.variants:
+        if variant.artifacts.head_tflite is None:
+            assert variant.kind == "edge"
+            continue
+        head = onnx.load(str(bundle.path(variant.artifacts.head)))
+        got = run_tflite(bundle.read_bytes(variant.artifacts.head_tflite), x)
+        from splitpack.compiler.train import run_onnx
+
+        reference = run_onnx(head, x)
+        assert got.shape == reference.shape and got.dtype == reference.dtype
+        if reference.dtype == np.float32:
+            np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0)
+        else:
+            # uint8 codes: a value exactly at a rounding boundary may round the other way
+            # under a different float op order; at most one level, rarely
+            assert np.max(np.abs(got.astype(int) - reference.astype(int))) <= 1
+            assert np.mean(got != reference) <= 0.01
+        assert variant.tflite_max_abs_diff is not None
+
+
+def test_inspect_json_lists_variants(compiled, capsys):
+    assert main(["inspect", str(compiled), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert "baseline_accuracy" in document
+    for variant in document["variants"]:
+        assert {"id", "cut", "compression_ratio", "payload_bytes", "accuracy", "predicted_accuracy", "artifacts"} <= set(variant)
+    assert main(["inspect", str(compiled)]) == 0
+    assert "local" in capsys.readouterr().out
+
+
+def test_archive_loads_like_the_folder(compiled, tmp_path):
+    archive = compiled.parent / "bundle.tar.gz"
+    assert archive.is_file()
+    from_archive = read_bundle(archive, extract_to=tmp_path / "x")
+    assert from_archive.manifest == read_bundle(compiled).manifest
+    assert main(["verify", str(archive)]) == 0
+
+
+def test_recompile_resumes_from_the_work_folder(compiled, user_project, capsys):
+    # a second compile with the same training settings into a copy of the work folder trains nothing
+    shutil.copytree(user_project / "bundle.work", user_project / "bundle2.work")
+    work = next((user_project / "bundle2.work").iterdir())
+    trained = sorted(work.glob("*/*.json")) + sorted(work.glob("final/*/*.onnx"))
+    stamps = [path.stat().st_mtime_ns for path in trained]
+    assert main([
+        "compile", f"{user_project / 'stripes.py'}:stripes", "--weights", str(user_project / "stripes.pt"),
+        "--data", f"npz:{user_project / 'stripes.npz'}", "--out", str(user_project / "bundle2"), "--variants", "2",
+        "--budget", "6", "--epochs", "3", "--final-epochs", "4", "--samples", "8", "--max-accuracy-drop", "5",
+        "--device-slowdown", "10", "--no-tflite",
+    ]) == 0
+    assert len(trained) >= 6 + 2
+    assert [path.stat().st_mtime_ns for path in trained] == stamps
+    assert sorted(work.glob("*/*.json")) + sorted(work.glob("final/*/*.onnx")) == trained
+    assert read_bundle(user_project / "bundle2").manifest.variants[2].id == read_bundle(user_project / "bundle").manifest.variants[2].id
+
+
+def _copy(compiled, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(compiled, target)
+    return target
+
+
+def _flip_byte(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    path = next(v["artifacts"]["tail"] for v in manifest["variants"] if v["kind"] == "split")
+    data = bytearray((bundle_dir / path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_dir / path).write_bytes(bytes(data))
+    return path
+
+
+def _edit_manifest(bundle_dir, change):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    change(manifest)
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda d: _flip_byte(d), r"variants/cut\d\d-c\w+/tail.onnx: sha256 mismatch"),
+        (lambda d: _edit_manifest(d, lambda m: m["variants"][2].update(accuracy=99.9)), r"bundle_id .* does not match"),
+        (lambda d: _edit_manifest(d, lambda m: m.update(schema_version=7)), r"schema version 7 is not supported"),
+        (lambda d: (d / "samples.npz").unlink(), r"samples.npz"),
+        (lambda d: _edit_manifest(d, lambda m: m["variants"][0].update(colour="red")), r"unknown key 'variants.0.colour'"),
+    ],
+)
+def test_tampered_bundles_fail_with_the_file_named(compiled, tmp_path, tamper, message):
+    target = _copy(compiled, tmp_path)
+    tamper(target)
+    with pytest.raises(InvalidBundleError, match=message):
+        verify_bundle(target)
+
+
+@pytest.mark.parametrize("member", ["../escaped.onnx", "/tmp/splitpack-absolute-escape.onnx"])
+def test_archive_members_that_escape_are_refused(compiled, tmp_path, member):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(compiled / "manifest.json", arcname="manifest.json")
+        data = (compiled / "model.onnx").read_bytes()
+        info = tarfile.TarInfo(member)  # addfile keeps the name as given (add() strips a leading /)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    extract_to = tmp_path / "inside" / "x"
+    with pytest.raises(InvalidBundleError, match="escaped.onnx|absolute"):
+        read_bundle(archive, extract_to=extract_to)
+    assert not (tmp_path / "inside" / "escaped.onnx").exists()
+    assert not Path("/tmp/splitpack-absolute-escape.onnx").exists()
+
+
+def test_verify_cli_reports_a_tampered_file(compiled, tmp_path, capsys):
+    target = _copy(compiled, tmp_path)
+    path = _flip_byte(target)
+    assert main(["verify", str(target)]) == 2
+    assert path in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('model = "m.py:f"\ncolour = "red"\n', r"unknown key 'colour'"),
+        ('model = "m.py:f"\nvariants = 9\n', r"variants: Input should be less than or equal to 5"),
+        ('model = "m.py:f"\nbandwidth = "100:1"\n', r"bandwidth range '100:1' is malformed"),
+        ('model = "m.py:f"\nbudget = 2\n', r"budget"),
+        ("model = ", r"not valid TOML"),
+    ],
+)
+def test_bad_config_files(tmp_path, config, message):
+    path = tmp_path / "c.toml"
+    path.write_text(config)
+    with pytest.raises(InvalidConfigError, match=message):
+        load_settings(str(path), {})
+
+
+def test_config_file_and_options_merge(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('model = "m.py:f"\nvariants = 3\ntflite = false\n')
+    settings = load_settings(str(path), {"variants": 2, "data": None})
+    assert settings == CompileSettings(model="m.py:f", variants=2, tflite=False)
