@@ -19,7 +19,9 @@ again past the cliff.)
 
 Transfer. ``δ_j`` is fitted to the target's 0–2 samples by a one-dimensional least-squares
 search with a Gaussian prior; the prior mean for a cut is interpolated (by cut depth) from the
-shifts already fitted at other cuts, 0 where there are none. Why this and not a residual model
+shifts already fitted at other cuts, 0 where there are none. When the samples rule the prior
+out but still allow a range of shifts (they bracket the cliff), the middle of that range is
+taken rather than its edge nearest the prior. Why this and not a residual model
 or instance weighting: with one or two target samples a single parameter is all that can be
 identified, and the observation the method rests on — curves of one model share their shape —
 is exactly "the same g, shifted". A residual model would need samples on both sides of the
@@ -122,7 +124,7 @@ def _fit_curve(u: np.ndarray, drop: np.ndarray):
         fit = least_squares(
             lambda p: _Logistic(p).predict(u) - drop,
             x0=[amplitude, knee, 0.7],
-            bounds=([0.5, float(np.min(u)) - 6, 0.1], [100.0, float(np.max(u)) + 6, 6.0]),
+            bounds=([0.5, float(np.min(u)) - 6, 0.1], [100.0, float(np.max(u)) + 6, 8.0]),
         )
     except ValueError:
         return isotonic
@@ -210,8 +212,14 @@ class AccuracyPredictor:
         errors = np.array(
             [np.sum((self._g(points[:, 0] + d, points[:, 1]) - points[:, 2]) ** 2) for d in _SHIFT_GRID]
         )
-        penalty = _PRIOR_STRENGTH * ((_SHIFT_GRID - prior) / _SHIFT_SIGMA[0]) ** 2
-        self.shifts[cut] = float(_SHIFT_GRID[int(np.argmin(errors + penalty))])
+        # every shift that fits the samples within about a point each: when the samples only
+        # bracket the cliff (one on the floor, one on the flat part), many do
+        fits = _SHIFT_GRID[errors <= errors.min() + len(points)]
+        if fits.min() <= prior <= fits.max():
+            penalty = _PRIOR_STRENGTH * ((_SHIFT_GRID - prior) / _SHIFT_SIGMA[0]) ** 2
+            self.shifts[cut] = float(_SHIFT_GRID[int(np.argmin(errors + penalty))])
+        else:  # the prior is ruled out: the middle of what the samples allow, not its nearest edge
+            self.shifts[cut] = float((fits.min() + fits.max()) / 2)
 
     def observe(self, cell: CellFeatures, accuracy: float) -> "AccuracyPredictor":
         """A predictor that also knows ``cell`` measured ``accuracy`` (e.g. a final training):

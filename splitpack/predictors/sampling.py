@@ -1,16 +1,19 @@
 """Which (cut, codec) cells to train under a budget, and the loop that trains them.
 
 Order of choices:
-1. the source cut (the candidate cut nearest the middle of the network by FLOPs): four cells
-   spread evenly over its range of code sizes, so that the flat part and the cliff are both
-   seen, then up to ``source_extra`` more where the fitted curve is steepest times most
-   uncertain (around the knee);
+1. the source cut: the largest cut tensor (the earliest such cut), whose cliff lies furthest
+   inside the range of code sizes, so that the fitted curve covers the cliffs of the others
+   after a shift: four cells spread evenly over its code sizes, then up to ``source_extra``
+   more, alternately where the predicted drop is nearest the tolerance (the knee) and where the
+   curve is steepest and least known;
 2. target cuts, one sample each, in the order that spreads them over the depth of the network
    (each next target is the cut farthest from every cut already sampled); the sample is the
-   codec whose predicted drop is nearest twice the tolerance — on the cliff, where one sample
-   pins the shift best;
-3. with budget left, a second sample at the targets whose knee is most uncertain, nearest the
-   tolerance itself.
+   cut's most compressed codec: on measured grids, how far a cut has fallen there is what tells
+   its shift best (a sample on the flat part says nothing about where the cliff is; placing it
+   mid-cliff by the interpolated shift was tried and did worse on the digits grid);
+3. with budget left, a second sample at the targets whose knee is most uncertain, where the
+   curve as now predicted is mid-cliff (half the source's largest drop): between a first sample
+   on the floor and the flat part, this is the bisection that locates the cliff.
 
 The loop is independent of where accuracies come from: ``bench predictor`` replays a measured
 grid, ``compile`` trains real cells.
@@ -43,14 +46,11 @@ def _key(cell: CellFeatures) -> tuple[str, str, float, int]:
 
 
 def choose_source_cut(candidates: list[CellFeatures]) -> str:
-    """The cut nearest the middle of the network (position 0.5) among those with the most codecs."""
-    counts: dict[str, int] = {}
-    positions: dict[str, float] = {}
+    """The cut with the largest tensor (most bytes before compression), the earliest on ties."""
+    size: dict[str, tuple[float, float]] = {}
     for cell in candidates:
-        counts[cell.cut] = counts.get(cell.cut, 0) + 1
-        positions[cell.cut] = cell.cut_position
-    most = max(counts.values())
-    return min((c for c in counts if counts[c] == most), key=lambda c: abs(positions[c] - 0.5))
+        size[cell.cut] = (cell.code_bytes * cell.compression_ratio, -cell.cut_position)
+    return max(size, key=size.get)
 
 
 def _spread(cells: list[CellFeatures], count: int) -> list[CellFeatures]:
@@ -119,19 +119,22 @@ def sample_and_fit(
         samples.append((pick.u, pick.bits, baseline_accuracy - measure(pick)))
         predictor = fit_predictor(baseline_accuracy, source, pick.cut_position, samples)
 
+    cliff_middle = max(tolerance, max(s[2] for s in samples) / 2)
     sampled_positions = [source_cells[0].cut_position]
     remaining = list(targets)
     while remaining and len(order) < budget:
         cut = max(remaining, key=lambda c: min(abs(by_cut[c][0].cut_position - p) for p in sampled_positions))
         remaining.remove(cut)
         sampled_positions.append(by_cut[cut][0].cut_position)
-        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, 2 * tolerance)
+        extreme = min(by_cut[cut], key=lambda c: (c.u, -c.bits))
+        accuracy = measure(extreme)
+        predictor.add_target_samples(cut, extreme.cut_position, [(extreme.u, extreme.bits, baseline_accuracy - accuracy)])
     while len(order) < budget:
         open_cuts = [c for c in targets if any(_key(x) not in trained for x in by_cut[c])]
         if not open_cuts:
             break
         cut = max(open_cuts, key=lambda c: (-len(predictor.target_points.get(c, [])), _knee_std(predictor, by_cut[c])))
-        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, tolerance)
+        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, cliff_middle)
     return SamplingResult(predictor=predictor, trained=trained, order=order)
 
 
