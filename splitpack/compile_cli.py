@@ -120,7 +120,6 @@ def _cmd_bench_selector(args) -> int:
     from splitpack.predictors.bench_selector import run_bench_selector_command
 
     run_bench_selector_command(args.out, args.plot)
-    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
 
