@@ -10,11 +10,13 @@ install: $(STAMP)
 
 # torch is installed first and pinned to the CPU build; a plain `torch` requirement would pull
 # a multi-GB CUDA build. pyproject states a range that this pin satisfies.
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins the whole stack to the versions the suite last passed with (litert-torch,
+# torchao and ray resolve to combinations that do not import together otherwise).
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[compiler,tflite,serve,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[compiler,tflite,serve,ray,triton,dev]'
 	touch $(STAMP)
 
 test: install

@@ -258,9 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     predictor.set_defaults(handler=_cmd_bench_predictor)
 
     from splitpack.compile_cli import add_bundle_commands
+    from splitpack.runtimes.bench_runtime import add_bench_runtime_commands
+    from splitpack.runtimes.bench_serve import add_bench_serve_command
     from splitpack.runtimes.commands import add_runtime_commands
 
     add_bundle_commands(commands, bench)
+    add_bench_runtime_commands(bench)
+    add_bench_serve_command(bench)
     add_runtime_commands(commands)
     return parser
 

@@ -1,13 +1,13 @@
 """Convert a head to a float32 LiteRT (``.tflite``) flatbuffer, run it, and check it.
 
-Path: ONNX head → constants and shapes folded (ONNX Runtime) → torch (``onnx2torch``) →
+Path: ONNX head → constants and shapes folded (ONNX Runtime) → torch (``compiler.onnx_torch``) →
 aten graph (``make_fx``) → LiteRT (``litert_torch.convert``). No TensorFlow. The flatbuffer
 has a fixed batch of 1 (``run_tflite`` loops over samples) and keeps torch's axis order:
 litert-torch adds no layout transposes at the interface, so a conv head takes NCHW input
 like its ONNX original. The layout is read back from the interpreter and recorded.
 
 ``run_tflite`` is what a device runs: it imports only numpy and ``ai_edge_litert``. torch,
-onnx2torch and litert-torch are imported inside ``export_tflite`` only.
+The torch interpreter and litert-torch are imported inside ``export_tflite`` only.
 """
 
 from __future__ import annotations
@@ -205,16 +205,17 @@ def compare_tflite(head: onnx.ModelProto, artifact: TfliteArtifact, x: np.ndarra
 def _convert(head: onnx.ModelProto, input_name: str, sample: np.ndarray) -> bytes:
     """ONNX → torch → LiteRT flatbuffer bytes; converter failures become TfliteConversionError."""
     import litert_torch
-    import onnx2torch
     import torch
+
+    from splitpack.compiler.onnx_torch import to_torch
 
     # The converters raise whatever their internals raise (KeyError, NotImplementedError,
     # torch.export and MLIR errors...): any of them means "this head is not convertible".
     stage = "fold the head's constants (ONNX Runtime)"
     try:
         frozen = _fold_static_subgraphs(head, input_name, sample)
-        stage = "convert the head to torch (onnx2torch)"
-        module = _specialize_constants(onnx2torch.convert(frozen).eval(), sample)
+        stage = "convert the head to torch"
+        module = _specialize_constants(to_torch(frozen), sample)
         stage = "convert the head to LiteRT (litert-torch)"
         with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # a progress tree
             return litert_torch.convert(module, (torch.from_numpy(sample),)).model_content()
@@ -233,7 +234,7 @@ def _fold_static_subgraphs(head: onnx.ModelProto, input_name: str, sample: np.nd
     With a fixed input shape, ``Shape`` outputs and what derives from them (the Shape →
     Gather → Concat → Reshape chains of tracing exporters), ``Constant`` nodes and
     ``Identity`` copies of initializers (the TorchScript exporter's deduplicated weights) are
-    constants. onnx2torch needs a Conv's weights as initializers and torch.export cannot
+    constants. Folding keeps shape arithmetic out of the traced graph: torch.export cannot
     trace arithmetic on shape tensors, so they are evaluated once, with ONNX Runtime.
     """
     import onnxruntime as ort
@@ -277,9 +278,9 @@ def _fold_static_subgraphs(head: onnx.ModelProto, input_name: str, sample: np.nd
 
 
 def _specialize_constants(module, sample: np.ndarray):
-    """Re-trace an onnx2torch module as an aten graph in which constant operands are Python values.
+    """Re-trace the interpreted head as an aten graph in which constant operands are Python values.
 
-    onnx2torch passes a Reshape's shape, a Slice's bounds, a Pad's pads... as tensors and reads
+    The interpreter passes a Reshape's shape, a Slice's bounds, a Pad's pads... as tensors and reads
     them inside ``forward`` (``torch.any(shape == 0)``, ``.tolist()``), which torch.export
     rejects as data-dependent. ``make_fx`` in real mode runs the module once on ``sample`` and
     lets those reads happen in Python. A read of the *input's* values would be frozen the same

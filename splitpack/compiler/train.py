@@ -3,8 +3,8 @@
 The head's features at the cut are computed once (ONNX Runtime on the split head) and cached,
 with the full model's outputs as the teacher. Training then runs only encoder → quantizer
 (straight-through) → decoder → frozen tail, where the tail is the split ONNX tail converted to
-torch by ``onnx2torch``: this works the same for torch models and for ``.onnx`` files, and
-trains against exactly the graph that is emitted.
+torch by ``compiler.onnx_torch``: this works the same for torch models and for ``.onnx``
+files, and trains against exactly the graph that is emitted.
 
 Loss = feature reconstruction (MSE ÷ feature variance) + distillation on the model's output
 (KL at temperature 2) + 0.5 × cross-entropy on the labels.
@@ -163,9 +163,9 @@ def train_codec(
 
 def frozen_tail(tail: onnx.ModelProto):
     """The split tail as a frozen torch module (for backpropagating the distillation loss)."""
-    import onnx2torch
+    from splitpack.compiler.onnx_torch import to_torch
 
-    module = onnx2torch.convert(tail).eval()
+    module = to_torch(tail)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module

@@ -1,9 +1,11 @@
-"""The runtime sub-commands of the ``splitpack`` CLI: ``serve`` (the edge) and ``run`` (a device).
+"""The runtime sub-commands of the ``splitpack`` CLI: ``serve`` (the edge, on uvicorn or Ray
+Serve), ``run`` (a device) and ``export-triton`` (a Triton model repository of the tails).
 
-:func:`add_runtime_commands` adds both to an argparse sub-parsers object; each sets
+:func:`add_runtime_commands` adds them to an argparse sub-parsers object; each sets
 ``handler`` to a function of the parsed arguments that returns the exit status and raises
-:class:`~splitpack.errors.SplitpackError` subclasses for the CLI to report. FastAPI and uvicorn
-are imported only by ``serve``, so ``run`` works on a device without them.
+:class:`~splitpack.errors.SplitpackError` subclasses for the CLI to report. FastAPI, uvicorn,
+Ray and tritonclient are imported only by the commands that use them, so ``run`` works on a
+device without them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import numpy as np
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import BACKEND_KINDS
 
-__all__ = ["add_runtime_commands", "add_serve_arguments", "cmd_serve", "cmd_run", "load_inputs"]
+__all__ = [
+    "SERVE_ENGINES", "add_runtime_commands", "add_serve_arguments", "add_triton_command",
+    "cmd_serve", "cmd_run", "cmd_export_triton", "load_inputs",
+]  # fmt: skip
+
+SERVE_ENGINES = ("local", "ray")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,13 +39,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``serve`` and ``run`` to ``subparsers`` (from ``parser.add_subparsers()``).
+    """Add ``serve``, ``run`` and ``export-triton`` to ``subparsers`` (from
+    ``parser.add_subparsers()``).
 
     Args:
         subparsers: The CLI's sub-parsers object.
     """
     serve = subparsers.add_parser("serve", help="serve every tail of a bundle over HTTP (edge)")
     add_serve_arguments(serve)
+    serve.add_argument("--engine", choices=SERVE_ENGINES, default="local",
+                       help="local: one uvicorn process; ray: Ray Serve on a local cluster, tails "
+                       "on --replicas replicas (default: local)")
+    serve.add_argument("--replicas", type=int,
+                       help="tail replicas of the ray engine (default: 2)")
     serve.set_defaults(handler=cmd_serve)
 
     run = subparsers.add_parser("run", help="run a bundle on this device against an edge")
@@ -54,13 +67,55 @@ def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--token", help="bearer token the edge requires")
     run.set_defaults(handler=cmd_run)
 
+    add_triton_command(subparsers)
+
+
+def add_triton_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``export-triton BUNDLE --out REPO`` to ``subparsers``.
+
+    Args:
+        subparsers: The CLI's sub-parsers object.
+    """
+    export = subparsers.add_parser(
+        "export-triton", help="write a Triton Inference Server model repository of the tails")
+    export.add_argument("bundle", help="bundle folder or archive")
+    export.add_argument("--out", required=True,
+                        help="repository folder to create (absent or empty)")
+    export.add_argument("--max-batch-size", type=int, default=64,
+                        help="Triton max_batch_size of each model (default: 64)")
+    export.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu",
+                        help="where Triton runs the model instances (default: gpu)")
+    export.set_defaults(handler=cmd_export_triton)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``splitpack serve``: serve until interrupted."""
+    """``splitpack serve``: serve until interrupted (Ctrl-C)."""
+    if args.engine == "ray":
+        from splitpack.runtimes.ray_serve import DEFAULT_REPLICAS, serve_ray
+
+        replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
+        serve_ray(args.bundle, host=args.host, port=args.port, replicas=replicas,
+                  token=args.token, max_inflight=args.max_inflight)
+        return 0
+    if args.replicas is not None:
+        raise InvalidConfigError(f"--replicas {args.replicas}: only the ray engine has replicas; "
+                                 "add --engine ray, or drop --replicas")
     from splitpack.runtimes.edge import serve
 
     serve(args.bundle, host=args.host, port=args.port, token=args.token,
           max_inflight=args.max_inflight)
+    return 0
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    """``splitpack export-triton``: write the repository and say what is in it."""
+    from splitpack.packaging.triton import export_triton
+
+    repo = export_triton(args.bundle, args.out, max_batch_size=args.max_batch_size,
+                         instance_kind=f"KIND_{args.instance_kind.upper()}")
+    models = sorted(path.parent.name for path in repo.glob("*/config.pbtxt"))
+    print(f"wrote {repo}: {len(models)} models ({', '.join(models)}); serve it with "
+          f"`tritonserver --model-repository={repo}` (see {repo / 'README.md'})")
     return 0
 
 

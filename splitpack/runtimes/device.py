@@ -270,8 +270,10 @@ class DeviceRuntime:
             started = time.perf_counter()
             raw = batch if batch.dtype == np.uint8 else denormalize_to_uint8(
                 batch, self.manifest.preprocessing)
+            # Raw pixels stay uint8 and go losslessly compressed: never float32 on the wire.
             payload = encode_payload(raw, bundle_id=self.wire_bundle_id, variant_id=variant_id,
-                                     bits=8, scale=RAW_SCALE, offset=RAW_OFFSET)
+                                     bits=8, scale=RAW_SCALE, offset=RAW_OFFSET,
+                                     compression="zlib")
             return payload, (time.perf_counter() - started) * 1e3
         codes, head_ms = self._run_head(variant_id, self._model_input(batch))
         q = variant.quantization

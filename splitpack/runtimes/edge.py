@@ -22,8 +22,13 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
   seconds (sum, count), requests in flight.
 
 ``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a thread pool so
-that the event loop keeps answering (and refusing) while they compute. Imports fastapi,
-uvicorn, numpy, onnxruntime and the standard library; never torch, onnx or the compiler.
+that the event loop keeps answering (and refusing) while they compute.
+
+The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
+:class:`EdgeServer` and a Starlette request: :func:`create_app` routes to them, and so does the
+Ray Serve ingress (:mod:`splitpack.runtimes.ray_serve`), which passes its own ``run_tail`` so
+that tails run on its replicas. Imports fastapi, uvicorn, numpy, onnxruntime and the standard
+library; never torch, onnx or the compiler.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict, deque
+from typing import Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -50,13 +56,20 @@ from splitpack.runtimes.backends import (
 )  # fmt: skip
 from splitpack.runtimes.wire import HEADER_MAX_BYTES, Payload, decode_payload, encode_payload
 
-__all__ = ["DEFAULT_MAX_BATCH", "EdgeServer", "create_app", "serve", "main"]
+__all__ = [
+    "DEFAULT_MAX_BATCH", "REMOTE_PROVIDER", "EdgeServer", "TailRunner", "handle_request",
+    "handle_infer", "create_app", "serve", "main",
+]  # fmt: skip
 
 DEFAULT_MAX_BATCH = 64
 FALLBACK_MAX_BODY_BYTES = 64 * 2**20  # when a symbolic input dim leaves the size open
 RETRY_AFTER_S = 1
 OCTET_STREAM = "application/octet-stream"
 _RECENT = 1000  # tail times kept per variant for the measured median
+REMOTE_PROVIDER = "remote"  # the provider an EdgeServer without tails reports until told
+
+# Runs one admitted request's tail: (variant id, decoded array) -> (float32 output, tail ms).
+TailRunner = Callable[[str, np.ndarray], Awaitable[tuple[np.ndarray, float]]]
 
 
 class _Rejection(Exception):
@@ -83,11 +96,14 @@ class EdgeServer:
         max_inflight: Requests that may be decoded and computed at once (>= 1).
         max_batch: Largest batch one payload may carry (>= 1).
         providers, threads: Passed to each tail's ONNX Runtime session.
+        load_tails: False for a front that only checks and counts requests and has their
+            tails run elsewhere (the Ray Serve ingress); its ``provider`` is then
+            ``"remote"`` until the owner sets it.
     """
 
     def __init__(self, bundle: Bundle, *, token: str | None = None, max_inflight: int = 8,
                  max_batch: int = DEFAULT_MAX_BATCH, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, load_tails: bool = True) -> None:
         for name, value in (("max_inflight", max_inflight), ("max_batch", max_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name}: found {value!r}; expected an int >= 1")
@@ -99,12 +115,14 @@ class EdgeServer:
         self.variants = {v.id: v for v in self.manifest.variants if v.kind != "local"}
         # Every tail is loaded up front: a request never waits for a session to be created.
         self.tails = {vid: load_backend(bundle, v, part="tail", providers=providers,
-                                        threads=threads) for vid, v in self.variants.items()}
+                                        threads=threads)
+                      for vid, v in self.variants.items()} if load_tails else {}
         self.inputs: dict[str, WireInput] = {vid: expected_wire_input(self.manifest, v)
                                              for vid, v in self.variants.items()}
         self.max_elements = self._max_elements()
         self.max_body_bytes = self._max_body_bytes()
-        self.provider = next(iter(self.tails.values())).provider
+        self.provider = (next(iter(self.tails.values())).provider if self.tails
+                         else REMOTE_PROVIDER)
         self.inflight = 0  # touched only on the event loop thread, so no lock
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.tail_seconds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -282,7 +300,23 @@ def _error(rejection: _Rejection) -> JSONResponse:
                         headers=rejection.headers)
 
 
-async def _infer(server: EdgeServer, request: Request) -> Response:
+async def handle_infer(server: EdgeServer, request: Request,
+                       run_tail: TailRunner | None = None) -> Response:
+    """Answer one ``POST /v1/infer``: every check of the protocol, the tail, the counters.
+
+    Args:
+        server: The edge's state.
+        request: The HTTP request.
+        run_tail: Runs the tail of an admitted request; default :meth:`EdgeServer.run_tail`
+            in a worker thread. A :class:`~splitpack.errors.SplitpackError` it raises is
+            answered with 500.
+
+    Returns:
+        The wire answer (200) or a JSON ``{"error": reason}`` with the status of the check.
+    """
+    if run_tail is None:
+        async def run_tail(variant_id: str, array: np.ndarray) -> tuple[np.ndarray, float]:
+            return await run_in_threadpool(server.run_tail, variant_id, array)
     started, variant, tail_ms = time.perf_counter(), None, None
     try:
         server.authorize(request)
@@ -299,7 +333,7 @@ async def _infer(server: EdgeServer, request: Request) -> Response:
                 raise _Rejection(400, str(exc)) from None
             variant = server.admit(payload, array)
             try:
-                output, tail_ms = await run_in_threadpool(server.run_tail, variant, array)
+                output, tail_ms = await run_tail(variant, array)
             except SplitpackError as exc:
                 raise _Rejection(500, f"tail of variant {variant!r} failed: {exc}", variant) from None
             queue = server.inflight
@@ -314,6 +348,60 @@ async def _infer(server: EdgeServer, request: Request) -> Response:
     server.record(variant, 200, time.perf_counter() - started, tail_ms)
     return Response(content, media_type=OCTET_STREAM, headers={
         "X-Splitpack-Tail-Ms": f"{tail_ms:.3f}", "X-Splitpack-Queue": str(queue)})
+
+
+async def handle_health(server: EdgeServer, request: Request) -> Response:
+    """``GET /health``: names the bundle; never needs the token."""
+    return JSONResponse({"status": "ok", "wire_bundle_id": server.wire_bundle_id})
+
+
+async def handle_metadata(server: EdgeServer, request: Request) -> Response:
+    """``GET /metadata`` (token checked)."""
+    try:
+        server.authorize(request)
+    except _Rejection as rejection:
+        return _error(rejection)
+    return JSONResponse(server.metadata())
+
+
+async def handle_metrics(server: EdgeServer, request: Request) -> Response:
+    """``GET /metrics`` (token checked), Prometheus text format 0.0.4."""
+    try:
+        server.authorize(request)
+    except _Rejection as rejection:
+        return _error(rejection)
+    return PlainTextResponse(server.metrics_text(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+_ROUTES = {"/v1/infer": "POST", "/health": "GET", "/metadata": "GET", "/metrics": "GET"}
+
+
+async def handle_request(server: EdgeServer, request: Request,
+                         run_tail: TailRunner | None = None) -> Response:
+    """Answer a request to any path of the protocol (for hosts other than :func:`create_app`).
+
+    Args:
+        server: The edge's state.
+        request: The HTTP request; its path is matched exactly.
+        run_tail: As in :func:`handle_infer`.
+
+    Returns:
+        The path's answer; 404 for another path, 405 (with ``Allow``) for another method.
+    """
+    path, method = request.url.path, request.method.upper()
+    allowed = _ROUTES.get(path)
+    if allowed is None:
+        return JSONResponse({"error": f"path: {path[:80]!r} is not served; paths: "
+                             f"{', '.join(_ROUTES)}"}, status_code=404)
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        return JSONResponse({"error": f"method: {method} is not allowed on {path}; use {allowed}"},
+                            status_code=405, headers={"Allow": allowed})
+    if path == "/v1/infer":
+        return await handle_infer(server, request, run_tail)
+    handler = {"/health": handle_health, "/metadata": handle_metadata,
+               "/metrics": handle_metrics}[path]
+    return await handler(server, request)
 
 
 def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | None = None,
@@ -339,28 +427,19 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
 
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
-        return await _infer(server, request)
+        return await handle_infer(server, request)
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "wire_bundle_id": server.wire_bundle_id}
+    async def health(request: Request) -> Response:
+        return await handle_health(server, request)
 
     @app.get("/metadata")
     async def metadata(request: Request) -> Response:
-        try:
-            server.authorize(request)
-        except _Rejection as rejection:
-            return _error(rejection)
-        return JSONResponse(server.metadata())
+        return await handle_metadata(server, request)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        try:
-            server.authorize(request)
-        except _Rejection as rejection:
-            return _error(rejection)
-        return PlainTextResponse(server.metrics_text(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return await handle_metrics(server, request)
 
     return app
 

@@ -67,7 +67,7 @@ class ResidualHead(nn.Module):
     """stem → basic residual block (conv-bn-relu-conv-bn + skip) → relu; float features.
 
     Both norms share their statistics, so the folded conv biases are equal and the TorchScript
-    exporter stores one initializer and an ``Identity`` copy (which onnx2torch alone rejects).
+    exporter stores one initializer and an ``Identity`` copy.
     """
 
     def __init__(self):
@@ -231,7 +231,7 @@ DATA_DEPENDENT_SHAPE = onnx.parser.parse_model(
     ("head", "sample", "error", "match"),
     [
         (UNSUPPORTED_OP, np.zeros((1, 4), np.float32), TfliteConversionError,
-         r"could not convert the head to torch \(onnx2torch\).*Shrink.*--no-tflite"),
+         r"could not convert the head to torch.*Shrink.*--no-tflite"),
         (DATA_DEPENDENT_SHAPE, np.full((1, 2), 0.5, np.float32), TfliteConversionError,
          r"depends on its input's values.*--no-tflite"),
         (onnx_graphs.two_input_model(), np.zeros((1, 4), np.float32), TfliteConversionError,
@@ -280,7 +280,7 @@ def test_device_side_needs_no_torch(converted, tmp_path):
         codes = tflite.run_tflite(open({str(tmp_path / "head.tflite")!r}, "rb").read(),
                                   np.load({str(tmp_path / "x.npy")!r}))
         assert codes.shape == (8, 4, 8, 8) and codes.dtype == np.uint8, (codes.shape, codes.dtype)
-        heavy = sorted(m for m in ("torch", "onnx2torch", "litert_torch") if m in sys.modules)
+        heavy = sorted(m for m in ("torch", "litert_torch") if m in sys.modules)
         assert not heavy, heavy
         """
     )

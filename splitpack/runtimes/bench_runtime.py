@@ -1,0 +1,657 @@
+"""Runtime benchmarks against a real edge process on loopback: ``bench runtime``, ``bench concurrency``.
+
+``run_runtime_benchmark`` replays an uplink trace under the adaptive :class:`DeviceRuntime`
+and, in the same run, under every fixed choice: each split variant alone, ``local`` and
+``edge``. Every run is one device issuing one request at a time over its own
+:class:`ShapedLink`, built on the same trace at the same ``start_offset_s``, so every run sees
+the same trace segment (the trace clock runs in real time from the start of each run) and the
+same inputs (the bundle's uint8 samples, cycled). Request ``i`` is issued ``i * interval_s``
+after the run starts, or as soon as request ``i - 1`` returns if that is later.
+
+:class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
+the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x their measured
+time, :func:`encode_payload`, the shaped link, ``POST /v1/infer`` with httpx); they have no
+selector and no fallback, so an edge failure there is an error and a lost request.
+
+``run_concurrency_benchmark`` sends real wire payloads (split codes from the bundle's samples
+and zlib'd raw uploads for ``edge``) from many concurrent clients, without shaping.
+
+Imports what the runtimes import (numpy, httpx, onnxruntime); matplotlib only to plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import numpy as np
+
+from splitpack.errors import InternalError, InvalidConfigError, SplitpackError, WireFormatError
+from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, normalize_uint8, wire_bundle_id
+from splitpack.runtimes.device import DeviceRuntime, InferenceResult
+from splitpack.runtimes.netem import BandwidthTrace, ShapedLink, load_trace
+from splitpack.runtimes.wire import decode_payload, encode_payload
+
+__all__ = ["edge_process", "run_runtime_benchmark", "run_concurrency_benchmark",
+           "plot_runtime", "add_bench_runtime_commands"]
+
+RUNTIME_FORMAT = "splitpack-bench-runtime/1"
+CONCURRENCY_FORMAT = "splitpack-bench-concurrency/1"
+DEFAULT_INTERVAL_S = 0.1
+BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s means
+WARMUP_REQUESTS = 10  # per variant; the first two (cold) do not count towards the rtt
+MAX_BUSY_RETRIES = 3
+_OCTET_STREAM = {"content-type": "application/octet-stream"}
+
+
+class _RequestFailed(Exception):
+    """A fixed-variant request got no usable answer; the message says why."""
+
+
+# -- the edge process ----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
+                 start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``python -m splitpack.runtimes.edge`` on a free loopback port until the block ends.
+
+    Args:
+        bundle_path: The bundle folder or archive to serve.
+        max_inflight: The server's ``--max-inflight``; None for its default.
+        start_timeout_s: How long to wait for ``GET /health``.
+
+    Yields:
+        The server's base URL, ``http://127.0.0.1:PORT``.
+    """
+    port = _free_port()
+    command = [sys.executable, "-m", "splitpack.runtimes.edge", os.fspath(bundle_path),
+               "--host", "127.0.0.1", "--port", str(port)]
+    if max_inflight is not None:
+        command += ["--max-inflight", str(max_inflight)]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise InvalidConfigError(f"the edge server exited with status "
+                                             f"{process.returncode} before answering: "
+                                             f"{log.read().decode(errors='replace')[-1500:]}")
+                try:
+                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise InvalidConfigError(f"the edge server did not answer {url}/health "
+                                             f"within {start_timeout_s:g} s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _model_input(manifest, pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as the model takes them (normalized float32 unless it takes uint8)."""
+    return pixels if manifest.input.dtype == "uint8" else normalize_uint8(pixels, manifest.preprocessing)
+
+
+# -- one fixed variant, on the device runtime's path -----------------------------------------------
+
+class _FixedVariant:
+    """Answers every request with one variant: head (stretched), wire payload, link, POST."""
+
+    def __init__(self, bundle: Bundle, variant_id: str, heads: dict, client: httpx.Client,
+                 link: ShapedLink | None, device_slowdown: float) -> None:
+        self.manifest = bundle.manifest
+        self.variant = next(v for v in self.manifest.variants if v.id == variant_id)
+        self.head = heads.get(variant_id)
+        self.wire_id = wire_bundle_id(self.manifest)
+        self.client, self.link, self.device_slowdown = client, link, device_slowdown
+
+    def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        # Normalized before the clock starts, as DeviceRuntime does: only the head is stretched.
+        model_input = _model_input(self.manifest, batch)
+        started = time.perf_counter()
+        output = self.head.run(model_input)
+        measured = time.perf_counter() - started
+        if self.device_slowdown > 1.0:  # as DeviceRuntime: stretch to device_slowdown x
+            time.sleep(measured * (self.device_slowdown - 1.0))
+        return output, (time.perf_counter() - started) * 1e3
+
+    def infer(self, sample: np.ndarray) -> InferenceResult:
+        started = time.perf_counter()
+        batch, kind, vid = sample[np.newaxis], self.variant.kind, self.variant.id
+        if kind == "local":
+            output, head_ms = self._run_head(batch)
+            return InferenceResult(output[0], vid, kind, (time.perf_counter() - started) * 1e3,
+                                   head_ms, 0.0, 0.0, False)
+        if kind == "edge":
+            payload = encode_payload(batch, bundle_id=self.wire_id, variant_id=vid, bits=8,
+                                     scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")
+            head_ms = (time.perf_counter() - started) * 1e3
+        else:
+            codes, head_ms = self._run_head(batch)
+            q = self.variant.quantization
+            payload = encode_payload(codes, bundle_id=self.wire_id, variant_id=vid, bits=q.bits,
+                                     scale=q.scale, offset=q.offset)
+        link_s = self.link.send(len(payload)) if self.link is not None else 0.0
+        sent = time.perf_counter()
+        output, edge_ms = _post(self.client, payload, vid)
+        http_ms = (time.perf_counter() - sent) * 1e3
+        return InferenceResult(output[0], vid, kind, (time.perf_counter() - started) * 1e3,
+                               head_ms, max(0.0, link_s * 1e3 + http_ms - edge_ms), edge_ms, False)
+
+
+def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.ndarray, float]:
+    """POST one payload; (output, tail ms the edge reported) or _RequestFailed."""
+    try:
+        response = client.post("/v1/infer", content=payload, headers=_OCTET_STREAM)
+    except httpx.HTTPError as exc:
+        raise _RequestFailed(f"{type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise _RequestFailed(f"edge answered {response.status_code}: {response.text[:200]}")
+    try:
+        header, output = decode_payload(response.content)
+    except WireFormatError as exc:
+        raise _RequestFailed(f"malformed response: {exc}") from None
+    if header.variant_id != variant_id:
+        raise _RequestFailed(f"response for variant {header.variant_id!r}, sent {variant_id!r}")
+    try:
+        edge_ms = float(response.headers.get("x-splitpack-tail-ms", "0"))
+    except ValueError:
+        edge_ms = 0.0
+    return output, edge_ms if math.isfinite(edge_ms) else 0.0
+
+
+# -- replaying a trace ----------------------------------------------------------------------------
+
+def _replay(device: DeviceRuntime | _FixedVariant, trace: BandwidthTrace, inputs: np.ndarray,
+            expected: dict, *, requests: int, interval_s: float, start_offset_s: float,
+            max_run_s: float, observe: Callable[[], dict] | None = None) -> list[dict]:
+    """Give ``device`` a fresh link on ``trace`` and issue ``requests`` paced requests.
+
+    Returns:
+        One record per answered or failed request, with what ``observe`` returns just before
+        each request (the runtime's view of the conditions).
+    """
+    records: list[dict] = []
+    # The link (and so the trace clock) starts with the first request, not when the device
+    # was built: loading heads takes a while and would shift the segment.
+    device.link = link = ShapedLink(trace, start_offset_s=start_offset_s)
+    started = time.monotonic()
+    for number in range(requests):
+        wait = started + number * interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        elapsed = time.monotonic() - started
+        if elapsed > max_run_s:
+            break  # the rest are reported as skipped (and lost)
+        index = number % len(inputs)
+        record = {"t_s": round(elapsed, 4), "trace_s": round(start_offset_s + elapsed, 4),
+                  "mbps": round(link.current_mbps(BANDWIDTH_WINDOW_S), 4), "sample": index,
+                  **(observe() if observe is not None else {})}
+        try:
+            result = device.infer(inputs[index])
+        except (_RequestFailed, SplitpackError, httpx.HTTPError) as failure:
+            records.append({**record, "error": f"{type(failure).__name__}: {failure}"[:300]})
+            continue
+        reference = expected[result.variant_id][index]
+        records.append({**record, "variant": result.variant_id, "mode": result.mode,
+                        "latency_ms": round(result.latency_ms, 4),
+                        "head_ms": round(result.head_ms, 4),
+                        "transfer_ms": round(result.transfer_ms, 4),
+                        "edge_ms": round(result.edge_ms, 4), "fallback": result.fallback,
+                        "argmax_agrees": bool(np.argmax(result.output) == np.argmax(reference))})
+    return records
+
+
+def _conditions_seen(runtime: DeviceRuntime) -> dict:
+    """What the adaptive runtime's selector will see for the next request."""
+    return {"estimated_mbps": round(runtime.estimator.estimate_mbps(), 4),
+            "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3)}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _summarize(records: list[dict], requests: int, errors: int) -> dict:
+    latencies = [r["latency_ms"] for r in records if "latency_ms" in r]
+    return {"requests": requests, "answered": len(latencies), "errors": errors,
+            "lost": requests - len(latencies), "skipped": requests - len(records),
+            "median_latency_ms": _percentile(latencies, 50),
+            "p90_latency_ms": _percentile(latencies, 90),
+            "p99_latency_ms": _percentile(latencies, 99),
+            "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
+            "argmax_disagreements": sum(not r["argmax_agrees"] for r in records if "variant" in r),
+            "variants": dict(Counter(r["variant"] for r in records if "variant" in r)),
+            "error_examples": [r["error"] for r in records if "error" in r][:5]}
+
+
+def _warm_up(fixed: dict[str, _FixedVariant], inputs: np.ndarray) -> float:
+    """A few unshaped requests per variant (first runs are slow); returns the loopback HTTP
+    overhead in ms (request time less the edge's compute, median) for the selector's rtt."""
+    overhead = []
+    for runner in fixed.values():
+        for number in range(WARMUP_REQUESTS):
+            result = runner.infer(inputs[number % len(inputs)])
+            if result.mode != "local" and number >= 2:
+                overhead.append(result.transfer_ms)
+    return float(np.median(overhead)) if overhead else 1.0
+
+
+def _trace_info(trace: BandwidthTrace, source: str, start_offset_s: float, span_s: float) -> dict:
+    p10, p50, p90 = trace.percentiles_mbps()
+    steps = np.arange(0.0, span_s + 1e-9, 0.1)
+    return {"path": source, "duration_s": trace.duration_s, "mean_mbps": trace.mean_mbps,
+            "p10_p50_p90_mbps": [p10, p50, p90], "start_offset_s": start_offset_s,
+            "segment_s": [start_offset_s, start_offset_s + span_s],
+            "segment_mean_mbps": trace.bytes_between(start_offset_s, start_offset_s + span_s)
+            / span_s / 125_000.0,
+            "segment_mbps": [[round(float(t), 2), round(trace.mbps_at(start_offset_s + t, BANDWIDTH_WINDOW_S), 4)]
+                             for t in steps]}
+
+
+def _host() -> dict:
+    """Where it ran, and how busy the machine was (other processes skew every timing)."""
+    import onnxruntime
+
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
+
+
+def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLike[str] | BandwidthTrace,
+                          *, requests: int = 200, interval_s: float = DEFAULT_INTERVAL_S,
+                          start_offset_s: float = 0.0, device_slowdown: float | None = None,
+                          out_json: str | os.PathLike[str] | None = None,
+                          out_png: str | os.PathLike[str] | None = None) -> dict:
+    """Replay ``trace`` against a real edge process: adaptive runtime and every fixed choice.
+
+    Args:
+        bundle: A bundle folder or archive with samples.
+        trace: A trace file (mahimahi or seconds,mbps CSV) or a :class:`BandwidthTrace`.
+        requests: Requests per run (>= 1); each run spans ``requests * interval_s`` s of trace.
+        interval_s: Pacing: request ``i`` is due ``i * interval_s`` after its run starts.
+        start_offset_s: The trace time at which every run starts.
+        device_slowdown: Stretch device compute to this many times what it takes here; None
+            for the bundle's ``profiles.device_slowdown`` (1 if it has none).
+        out_json, out_png: Where to write the result and its plot (optional).
+
+    Returns:
+        The result (also written to ``out_json``): ``median_latency_ms`` and ``p90_latency_ms``
+        (each ``{adaptive, best_static, local, edge}``), ``best_static_variant`` and
+        ``static_median_latency_ms`` (every split variant), ``switches``, ``switch_ms_p99``,
+        ``errors`` and ``lost`` (summed over every run), ``requests``, ``trace``,
+        ``device_slowdown``, ``rtt_ms`` (the loopback overhead given to the selector),
+        ``targets``, ``runs`` (per run: medians, counts, variants used), ``log`` (per adaptive
+        request: time, bandwidth, the runtime's estimate and loads, variant, latency and its
+        parts) and ``fixed_log`` (time and latency per request of each fixed run).
+    """
+    if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+        raise InvalidConfigError(f"requests: found {requests!r}; expected an int >= 1")
+    if not (isinstance(interval_s, (int, float)) and 0 <= interval_s <= 60):
+        raise InvalidConfigError(f"interval_s: found {interval_s!r}; expected seconds in [0, 60]")
+    opened, host = read_bundle(bundle), _host()
+    manifest = opened.manifest
+    if device_slowdown is None:
+        device_slowdown = float(manifest.profiles.get("device_slowdown", 1.0))
+    if not (isinstance(device_slowdown, (int, float)) and device_slowdown > 0):
+        raise InvalidConfigError(f"device_slowdown: found {device_slowdown!r}; expected > 0")
+    replayed = trace if isinstance(trace, BandwidthTrace) else load_trace(trace)
+    source = replayed.source if isinstance(trace, BandwidthTrace) else os.fspath(trace)
+    inputs, expected = read_samples(opened)
+    if inputs.dtype != np.uint8:
+        raise InvalidConfigError(f"bundle {opened.root}: samples are {inputs.dtype}; the "
+                                 "benchmark replays uint8 pixels (recompile with image samples)")
+    heads = {v.id: load_backend(opened, v) for v in manifest.variants if v.kind in ("split", "local")}
+    split_ids = [v.id for v in manifest.variants if v.kind == "split"]
+    local_id = next(v.id for v in manifest.variants if v.kind == "local")
+    edge_id = next(v.id for v in manifest.variants if v.kind == "edge")
+    max_run_s = 2 * requests * interval_s + 30.0
+    pacing = dict(requests=requests, interval_s=interval_s, start_offset_s=start_offset_s,
+                  max_run_s=max_run_s)
+    runs, logs = {}, {}
+    with edge_process(opened.root) as url, httpx.Client(base_url=url, timeout=10.0) as client:
+        fixed_ids = [*split_ids, local_id, edge_id]
+        rtt_ms = _warm_up({vid: _FixedVariant(opened, vid, heads, client, None, device_slowdown)
+                           for vid in fixed_ids}, inputs)
+        with DeviceRuntime(opened, url, device_slowdown=device_slowdown, rtt_ms=rtt_ms) as runtime:
+            for head in runtime.heads.values():  # a head's first run is slow; not the device's state
+                head.run(_model_input(manifest, inputs[:1]))
+            records = _replay(runtime, replayed, inputs, expected, **pacing,
+                              observe=lambda: _conditions_seen(runtime))
+            stats = runtime.stats
+        lost_exceptions = sum("error" in r for r in records)
+        runs["adaptive"] = {**_summarize(records, requests, stats["fallbacks"] + lost_exceptions),
+                            "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
+                            "probes": stats["probes"], "switches": stats["switches"],
+                            "edge_errors": stats["errors"][:5]}
+        logs["adaptive"] = records
+        for vid in fixed_ids:
+            runner = _FixedVariant(opened, vid, heads, client, None, device_slowdown)
+            records = _replay(runner, replayed, inputs, expected, **pacing)
+            runs[vid] = _summarize(records, requests, sum("error" in r for r in records))
+            logs[vid] = records
+    result = _runtime_result(opened, runs, logs, stats, split_ids, local_id, edge_id)
+    host["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    result["host"] = host
+    result.update(trace=_trace_info(replayed, source, start_offset_s, max(requests * interval_s, 1e-3)),
+                  device_slowdown=device_slowdown, rtt_ms=rtt_ms, bundle={
+                      "path": os.fspath(opened.root), "model_id": manifest.model_id,
+                      "bundle_id": manifest.bundle_id,
+                      "profiles_device_slowdown": manifest.profiles.get("device_slowdown"),
+                      "variants": {v.id: {"kind": v.kind, "payload_bytes": v.payload_bytes,
+                                          "accuracy": v.accuracy} for v in manifest.variants}},
+                  pacing={"interval_s": interval_s, "requests": requests,
+                          "rule": "request i is issued i * interval_s after its run starts, or "
+                                  "when request i-1 returns if later; one request at a time",
+                          "runs": "sequential: adaptive, each split variant, local, edge; each "
+                                  "over a fresh ShapedLink at start_offset_s"})
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
+    if out_png is not None:
+        plot_runtime(result, out_png)
+    return result
+
+
+def _runtime_result(bundle: Bundle, runs: dict, logs: dict, stats: dict, split_ids: list[str],
+                    local_id: str, edge_id: str) -> dict:
+    static = {vid: runs[vid]["median_latency_ms"] for vid in split_ids}
+    answered = {vid: ms for vid, ms in static.items() if ms is not None}
+    best = min(answered, key=answered.get) if answered else None
+    names = {"adaptive": "adaptive", "best_static": best, "local": local_id, "edge": edge_id}
+
+    def pick(key: str) -> dict:
+        return {name: (runs[vid][key] if vid is not None else None) for name, vid in names.items()}
+
+    median, switch_ms = pick("median_latency_ms"), stats["switch_ms"]
+    fixed_best = min((v for v in (median["best_static"], median["local"], median["edge"])
+                      if v is not None), default=None)
+    adaptive = median["adaptive"]
+    switch_p99 = _percentile(switch_ms, 99) or 0.0
+    errors = sum(run["errors"] for run in runs.values())
+    lost = sum(run["lost"] for run in runs.values())
+    def at_most(a: float | None, b: float | None) -> bool | None:
+        return None if a is None or b is None else a <= b
+
+    return {
+        "format": RUNTIME_FORMAT, "requests": runs["adaptive"]["requests"],
+        "median_latency_ms": median, "p90_latency_ms": pick("p90_latency_ms"),
+        "p99_latency_ms": pick("p99_latency_ms"), "best_static_variant": best,
+        "static_median_latency_ms": static,
+        "static_p90_latency_ms": {vid: runs[vid]["p90_latency_ms"] for vid in split_ids},
+        "switches": stats["switches"], "switch_ms_p99": switch_p99,
+        "switch_ms_max": max(switch_ms, default=0.0), "errors": errors, "lost": lost,
+        "adaptive_variants": runs["adaptive"]["variants"],
+        "targets": {
+            "adaptive_median_le_best_static": at_most(adaptive, median["best_static"]),
+            "adaptive_median_le_edge": at_most(adaptive, median["edge"]),
+            "adaptive_median_le_every_fixed_choice": at_most(adaptive, fixed_best),
+            "switch_ms_p99_le_1": switch_p99 <= 1.0, "no_errors_no_lost": errors == lost == 0},
+        "runs": runs,
+        "log": logs["adaptive"],
+        "fixed_log": {vid: [[r["t_s"], r.get("latency_ms")] for r in records]
+                      for vid, records in logs.items() if vid != "adaptive"},
+    }
+
+
+# -- plot ----------------------------------------------------------------------------------------
+
+def plot_runtime(result: dict, path: str | os.PathLike[str]) -> None:
+    """Bandwidth, chosen variant and latency over time (three stacked axes) of a runtime result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = result["log"]
+    times = np.array([r["t_s"] for r in log])
+    figure, (bandwidth, variant, latency) = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
+                                                         gridspec_kw={"height_ratios": [1, 1, 1.4]})
+    curve = np.array(result["trace"]["segment_mbps"])
+    bandwidth.plot(curve[:, 0], curve[:, 1], "-", color="tab:blue", lw=1)
+    bandwidth.set_ylabel(f"uplink Mbit/s\n({BANDWIDTH_WINDOW_S:g} s mean)")
+    bandwidth.set_title(f"{Path(result['trace']['path']).name} from {result['trace']['start_offset_s']:g} s;"
+                        f" device slowdown {result['device_slowdown']:g}x")
+    ids = list(result["bundle"]["variants"])
+    chosen = [r.get("variant") for r in log]
+    answered = [i for i, v in enumerate(chosen) if v is not None]
+    variant.scatter(times[answered], [ids.index(chosen[i]) for i in answered], s=8, color="tab:green")
+    variant.set_yticks(range(len(ids)), ids, fontsize=7)
+    variant.set_ylabel("adaptive variant")
+    medians = result["median_latency_ms"]
+    latency.plot(times[answered], [log[i]["latency_ms"] for i in answered], ".", ms=4,
+                 color="tab:red", label=f"adaptive (median {medians['adaptive']:.3g} ms)")
+    for name, style in (("best_static", "tab:gray"), ("edge", "tab:purple"), ("local", "tab:orange")):
+        vid = result["best_static_variant"] if name == "best_static" else name
+        if vid not in result["fixed_log"] or medians[name] is None:
+            continue
+        series = np.array([[t, np.nan if ms is None else ms] for t, ms in result["fixed_log"][vid]])
+        latency.plot(series[:, 0], series[:, 1], "-", lw=0.7, alpha=0.6, color=style,
+                     label=f"{name} {vid} (median {medians[name]:.3g} ms)")
+    latency.set_yscale("log")
+    latency.set_ylabel("latency ms")
+    latency.set_xlabel("seconds since the run started")
+    latency.legend(fontsize=7)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+def _wire_payloads(bundle: Bundle, inputs: np.ndarray) -> list[tuple[str, int, bytes]]:
+    """(variant id, sample index, payload) for every split variant and sample, then ``edge``'s."""
+    manifest, wire_id = bundle.manifest, wire_bundle_id(bundle.manifest)
+    model_inputs = _model_input(manifest, inputs)
+    payloads = []
+    for variant in manifest.variants:
+        if variant.kind == "split":
+            head, q = load_backend(bundle, variant), variant.quantization
+            for index in range(len(inputs)):
+                codes = head.run(model_inputs[index:index + 1])
+                payloads.append((variant.id, index, encode_payload(
+                    codes, bundle_id=wire_id, variant_id=variant.id, bits=q.bits, scale=q.scale,
+                    offset=q.offset)))
+        elif variant.kind == "edge":
+            payloads += [(variant.id, index, encode_payload(
+                inputs[index:index + 1], bundle_id=wire_id, variant_id=variant.id, bits=8,
+                scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")) for index in range(len(inputs))]
+    return payloads
+
+
+async def _client(url: str, plan: list[tuple[str, int, bytes]], expected: dict,
+                  outcomes: list[dict]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+        for variant_id, index, payload in plan:
+            started, busy, failure = time.perf_counter(), 0, None
+            while True:
+                try:
+                    response = await client.post("/v1/infer", content=payload, headers=_OCTET_STREAM)
+                except httpx.HTTPError as exc:
+                    failure = f"{type(exc).__name__}: {exc}"
+                    break
+                if response.status_code == 503 and busy < MAX_BUSY_RETRIES:
+                    busy += 1  # the edge is full: wait as Retry-After says, then send again
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                    continue
+                break
+            latency_ms = (time.perf_counter() - started) * 1e3
+            if failure is None and response.status_code != 200:
+                failure = f"edge answered {response.status_code}: {response.text[:200]}"
+            matches = None
+            if failure is None:
+                try:
+                    output = decode_payload(response.content)[1][0]
+                    matches = bool(np.allclose(output, expected[variant_id][index], atol=1e-3, rtol=1e-3))
+                except WireFormatError as exc:
+                    failure = f"malformed response: {exc}"
+            outcomes.append({"variant": variant_id, "latency_ms": latency_ms, "busy": busy,
+                             "error": failure, "matches": matches})
+
+
+def run_concurrency_benchmark(bundle: str | os.PathLike[str], *, clients: int = 32,
+                              requests: int = 200, edge_every: int = 8,
+                              max_inflight: int | None = None, max_run_s: float = 300.0,
+                              out_json: str | os.PathLike[str] | None = None) -> dict:
+    """Many concurrent clients send real wire payloads to one edge process (no shaping).
+
+    Args:
+        bundle: A bundle folder or archive with samples.
+        clients: Concurrent clients, each with its own connection.
+        requests: Requests per client, one at a time.
+        edge_every: Every ``edge_every``-th request of a client is a raw ``edge`` upload; the
+            rest cycle through the split variants' codes of the bundle's samples.
+        max_inflight: The server's ``--max-inflight``; None for ``clients``, so that every
+            client's request can be in flight at once (the server's default, 8, answers 32
+            clients with 503s). A 503 is still retried after ``Retry-After`` (at most
+            ``MAX_BUSY_RETRIES`` times), and counted.
+        max_run_s: Give up (an InternalError) when the clients take longer than this.
+        out_json: Where to write the result (optional).
+
+    Returns:
+        errors, busy_503, p50/p90/p99 latency, throughput, max_inflight and the counts.
+    """
+    for name, value in (("clients", clients), ("requests", requests), ("edge_every", edge_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidConfigError(f"{name}: found {value!r}; expected an int >= 1")
+    opened, host = read_bundle(bundle), _host()
+    inputs, expected = read_samples(opened)
+    payloads = _wire_payloads(opened, inputs)
+    split = [p for p in payloads if p[0] != "edge"] or payloads
+    edge = [p for p in payloads if p[0] == "edge"]
+    plans = [[edge[(c + r) % len(edge)] if edge and r % edge_every == edge_every - 1
+              else split[(c * requests + r) % len(split)] for r in range(requests)]
+             for c in range(clients)]
+    outcomes: list[dict] = []
+    with edge_process(opened.root, max_inflight=max_inflight or clients) as url:
+        metadata = httpx.get(f"{url}/metadata", timeout=5.0).json()
+
+        async def all_clients() -> None:
+            await asyncio.wait_for(asyncio.gather(*(_client(url, plan, expected, outcomes)
+                                                    for plan in plans)), max_run_s)
+
+        started = time.perf_counter()
+        try:
+            asyncio.run(all_clients())
+        except TimeoutError:
+            raise InternalError(f"{clients} clients x {requests} requests took over "
+                                f"{max_run_s:g} s; {len(outcomes)} answered") from None
+        wall_s = time.perf_counter() - started
+    latencies = [o["latency_ms"] for o in outcomes if o["error"] is None]
+    result = {
+        "format": CONCURRENCY_FORMAT, "clients": clients, "requests_per_client": requests,
+        "requests": clients * requests, "answered": len(latencies),
+        "errors": sum(o["error"] is not None for o in outcomes),
+        "error_examples": [o["error"] for o in outcomes if o["error"]][:5],
+        "mismatches": sum(o["matches"] is False for o in outcomes),
+        "busy_503": sum(o["busy"] for o in outcomes),
+        "requests_retried_after_503": sum(o["busy"] > 0 for o in outcomes),
+        "max_inflight": metadata["max_inflight"],
+        "max_inflight_source": "= clients" if max_inflight is None else "--max-inflight",
+        "busy_policy": f"503: wait Retry-After, resend (at most {MAX_BUSY_RETRIES} times)",
+        "provider": metadata["provider"],
+        "p50_latency_ms": _percentile(latencies, 50), "p90_latency_ms": _percentile(latencies, 90),
+        "p99_latency_ms": _percentile(latencies, 99), "max_latency_ms": max(latencies, default=None),
+        "wall_s": wall_s, "throughput_rps": len(latencies) / wall_s,
+        "by_variant": dict(Counter(o["variant"] for o in outcomes)),
+        "payload_bytes_min_max": {vid: [min(sizes), max(sizes)] for vid, sizes in (
+            (vid, [len(p) for v, _, p in payloads if v == vid])
+            for vid in dict.fromkeys(v for v, _, _ in payloads))},
+        "shaping": "none (loopback)", "bundle": os.fspath(opened.root),
+        "host": {**host, "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+    }
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench runtime`` and ``bench concurrency`` to the ``bench`` sub-parsers.
+
+    Args:
+        bench_subparsers: The sub-parsers object of ``splitpack bench``.
+    """
+    runtime = bench_subparsers.add_parser(
+        "runtime", help="replay an uplink trace: adaptive runtime against fixed variants")
+    runtime.add_argument("bundle", help="bundle folder or archive (with samples)")
+    runtime.add_argument("--trace", required=True, help="uplink trace (mahimahi or seconds,mbps CSV)")
+    runtime.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
+    runtime.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                         help=f"seconds between request starts (default {DEFAULT_INTERVAL_S:g})")
+    runtime.add_argument("--start-offset", type=float, default=0.0,
+                         help="trace time (s) at which each run starts (default 0)")
+    runtime.add_argument("--device-slowdown", type=float,
+                         help="device compute x this (default: the bundle's profiles.device_slowdown)")
+    runtime.add_argument("--out", required=True, help="runtime JSON to write")
+    runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
+    runtime.set_defaults(handler=_cmd_bench_runtime)
+
+    concurrency = bench_subparsers.add_parser(
+        "concurrency", help="many concurrent clients against one edge process")
+    concurrency.add_argument("bundle", help="bundle folder or archive (with samples)")
+    concurrency.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    concurrency.add_argument("--requests", type=int, default=200, help="requests per client (default 200)")
+    concurrency.add_argument("--max-inflight", type=int,
+                             help="the edge's --max-inflight (default: the number of clients)")
+    concurrency.add_argument("--out", required=True, help="concurrency JSON to write")
+    concurrency.set_defaults(handler=_cmd_bench_concurrency)
+
+
+def _cmd_bench_runtime(args: argparse.Namespace) -> int:
+    result = run_runtime_benchmark(args.bundle, args.trace, requests=args.requests,
+                                   interval_s=args.interval, start_offset_s=args.start_offset,
+                                   device_slowdown=args.device_slowdown, out_json=args.out,
+                                   out_png=args.plot)
+    medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
+                        if ms is not None)
+    print(f"median latency ms: {medians} (best static: {result['best_static_variant']}); "
+          f"{result['switches']} switches, switch_ms p99 {result['switch_ms_p99']:.3g}; "
+          f"errors {result['errors']}, lost {result['lost']} -> {args.out}")
+    return 0
+
+
+def _cmd_bench_concurrency(args: argparse.Namespace) -> int:
+    result = run_concurrency_benchmark(args.bundle, clients=args.clients, requests=args.requests,
+                                       max_inflight=args.max_inflight, out_json=args.out)
+    print(f"{result['requests']} requests from {result['clients']} clients: errors "
+          f"{result['errors']}, 503s {result['busy_503']} (max_inflight {result['max_inflight']}), "
+          f"p50 {result['p50_latency_ms']:.3g} ms, p99 {result['p99_latency_ms']:.3g} ms, "
+          f"{result['throughput_rps']:.0f} req/s -> {args.out}")
+    return 0

@@ -1,0 +1,63 @@
+"""The README's commands, run in a smoke form: the Makefile targets it names, the quick demo,
+and the bundle commands on what the demo wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _splitpack(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "splitpack", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_readme_names_the_two_setup_commands_and_ci_runs_one():
+    assert "make demo" in README and "make test" in README
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_targets_use_the_local_virtual_environment():
+    plan = subprocess.run(["make", "-n", "-B", "install", "test", "demo"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    assert "python3 -m venv .venv" in plan
+    assert re.search(r"pip install --quiet torch==2\.13\.0", plan)
+    assert plan.index("torch==2.13.0") < plan.index("-e '.[")  # torch's CPU build first
+    assert "-c constraints.txt" in plan
+    assert ".venv/bin/python -m pytest" in plan
+    assert ".venv/bin/splitpack demo" in plan
+
+
+def test_every_command_the_readme_lists_exists():
+    commands = set(re.findall(r"^\$ splitpack ([a-z-]+)", README, flags=re.M))
+    assert {"cuts", "split", "compile", "inspect", "verify", "profile", "serve", "run", "bench", "export-triton"} <= commands
+    for command in commands:
+        assert _splitpack(command, "--help", cwd=ROOT).returncode == 0, command
+
+
+@pytest.mark.slow
+def test_quick_demo_then_inspect_and_verify(tmp_path):
+    demo = _splitpack("demo", "--quick", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    bundle = tmp_path / "demo" / "bundle"
+    assert (tmp_path / "demo" / "accuracy_vs_ratio.png").stat().st_size > 0
+    assert (tmp_path / "demo" / "latency_vs_bandwidth.png").stat().st_size > 0
+    inspect = _splitpack("inspect", str(bundle), "--json", cwd=tmp_path)
+    assert inspect.returncode == 0, inspect.stderr
+    variants = json.loads(inspect.stdout)["variants"]
+    assert [v["kind"] for v in variants].count("split") == 2
+    verify = _splitpack("verify", str(tmp_path / "demo" / "bundle.tar.gz"), cwd=tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    assert "verified" in verify.stdout
+    cuts = _splitpack("cuts", "splitpack.models:digits_cnn", "--input-shape", "1x1x16x16", "--json", cwd=tmp_path)
+    assert cuts.returncode == 0 and len(json.loads(cuts.stdout)) >= 8
