@@ -4,9 +4,12 @@
 and, in the same run, under every fixed choice: each split variant alone, ``local`` and
 ``edge``. Every run is one device issuing one request at a time over its own
 :class:`ShapedLink`, built on the same trace at the same ``start_offset_s``, so every run sees
-the same trace segment (the trace clock runs in real time from the start of each run) and the
+the same trace segment (the trace clock runs in real time from the start of the run) and the
 same inputs (the bundle's uint8 samples, cycled). Request ``i`` is issued ``i * interval_s``
-after the run starts, or as soon as request ``i - 1`` returns if that is later.
+after the run starts, or as soon as request ``i - 1`` returns if that is later. The runs go one
+after another (adaptive, each split variant, local, edge). Running them at once, one thread
+each, was tried and dropped: on a 2-core host they slowed each other down (in one trial the
+split variants' median went from about 8 to about 40 ms).
 
 :class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
 the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x their measured
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -57,6 +60,7 @@ BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s 
 WARMUP_REQUESTS = 10  # per variant; the first two (cold) do not count towards the rtt
 MAX_BUSY_RETRIES = 3
 _OCTET_STREAM = {"content-type": "application/octet-stream"}
+
 
 
 class _RequestFailed(Exception):
@@ -194,20 +198,18 @@ def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.nda
 
 # -- replaying a trace ----------------------------------------------------------------------------
 
-def _replay(device: DeviceRuntime | _FixedVariant, trace: BandwidthTrace, inputs: np.ndarray,
+def _replay(device: DeviceRuntime | _FixedVariant, link: ShapedLink, inputs: np.ndarray,
             expected: dict, *, requests: int, interval_s: float, start_offset_s: float,
             max_run_s: float, observe: Callable[[], dict] | None = None) -> list[dict]:
-    """Give ``device`` a fresh link on ``trace`` and issue ``requests`` paced requests.
+    """Give ``device`` the ``link`` and issue ``requests`` paced requests.
 
     Returns:
         One record per answered or failed request, with what ``observe`` returns just before
         each request (the runtime's view of the conditions).
     """
     records: list[dict] = []
-    # The link (and so the trace clock) starts with the first request, not when the device
-    # was built: loading heads takes a while and would shift the segment.
-    device.link = link = ShapedLink(trace, start_offset_s=start_offset_s)
-    started = time.monotonic()
+    device.link = link
+    started = time.monotonic()  # the link was built just now: trace time = offset + elapsed
     for number in range(requests):
         wait = started + number * interval_s - time.monotonic()
         if wait > 0:
@@ -338,32 +340,32 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     split_ids = [v.id for v in manifest.variants if v.kind == "split"]
     local_id = next(v.id for v in manifest.variants if v.kind == "local")
     edge_id = next(v.id for v in manifest.variants if v.kind == "edge")
-    max_run_s = 2 * requests * interval_s + 30.0
-    pacing = dict(requests=requests, interval_s=interval_s, start_offset_s=start_offset_s,
-                  max_run_s=max_run_s)
-    runs, logs = {}, {}
-    with edge_process(opened.root) as url, httpx.Client(base_url=url, timeout=10.0) as client:
-        fixed_ids = [*split_ids, local_id, edge_id]
-        rtt_ms = _warm_up({vid: _FixedVariant(opened, vid, heads, client, None, device_slowdown)
-                           for vid in fixed_ids}, inputs)
-        with DeviceRuntime(opened, url, device_slowdown=device_slowdown, rtt_ms=rtt_ms) as runtime:
-            for head in runtime.heads.values():  # a head's first run is slow; not the device's state
-                head.run(_model_input(manifest, inputs[:1]))
-            records = _replay(runtime, replayed, inputs, expected, **pacing,
-                              observe=lambda: _conditions_seen(runtime))
-            stats = runtime.stats
-        lost_exceptions = sum("error" in r for r in records)
-        runs["adaptive"] = {**_summarize(records, requests, stats["fallbacks"] + lost_exceptions),
-                            "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
-                            "probes": stats["probes"], "switches": stats["switches"],
-                            "edge_errors": stats["errors"][:5]}
-        logs["adaptive"] = records
-        for vid in fixed_ids:
-            runner = _FixedVariant(opened, vid, heads, client, None, device_slowdown)
-            records = _replay(runner, replayed, inputs, expected, **pacing)
-            runs[vid] = _summarize(records, requests, sum("error" in r for r in records))
-            logs[vid] = records
-    result = _runtime_result(opened, runs, logs, stats, split_ids, local_id, edge_id)
+    fixed_ids = [*split_ids, local_id, edge_id]
+    with ExitStack() as stack:
+        url = stack.enter_context(edge_process(opened.root))
+        fixed = {vid: _FixedVariant(opened, vid, heads, stack.enter_context(
+            httpx.Client(base_url=url, timeout=10.0)), None, device_slowdown) for vid in fixed_ids}
+        rtt_ms = _warm_up(fixed, inputs)
+        runtime = stack.enter_context(DeviceRuntime(opened, url, device_slowdown=device_slowdown,
+                                                    rtt_ms=rtt_ms))
+        for head in runtime.heads.values():  # a head's first run is slow; not the device's state
+            head.run(_model_input(manifest, inputs[:1]))
+        logs = {}
+        for name, device in {"adaptive": runtime, **fixed}.items():  # one run after another
+            observe = (lambda: _conditions_seen(runtime)) if name == "adaptive" else None
+            logs[name] = _replay(device, ShapedLink(replayed, start_offset_s=start_offset_s),
+                                 inputs, expected, requests=requests, interval_s=interval_s,
+                                 start_offset_s=start_offset_s, observe=observe,
+                                 max_run_s=2 * requests * interval_s + 30.0)
+        stats = runtime.stats
+    lost_exceptions = sum("error" in r for r in logs["adaptive"])
+    runs = {"adaptive": {
+        **_summarize(logs["adaptive"], requests, stats["fallbacks"] + lost_exceptions),
+        "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
+        "probes": stats["probes"], "switches": stats["switches"], "edge_errors": stats["errors"][:5]}}
+    for vid in fixed_ids:
+        runs[vid] = _summarize(logs[vid], requests, sum("error" in r for r in logs[vid]))
+    result = _runtime_result(runs, logs, stats, split_ids, local_id, edge_id)
     host["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["host"] = host
     result.update(trace=_trace_info(replayed, source, start_offset_s, max(requests * interval_s, 1e-3)),
@@ -376,8 +378,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                   pacing={"interval_s": interval_s, "requests": requests,
                           "rule": "request i is issued i * interval_s after its run starts, or "
                                   "when request i-1 returns if later; one request at a time",
-                          "runs": "sequential: adaptive, each split variant, local, edge; each "
-                                  "over a fresh ShapedLink at start_offset_s"})
+                          "runs": "one after another (adaptive, each split variant, local, "
+                                  "edge), each over a fresh ShapedLink at start_offset_s"})
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
@@ -386,7 +388,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     return result
 
 
-def _runtime_result(bundle: Bundle, runs: dict, logs: dict, stats: dict, split_ids: list[str],
+def _runtime_result(runs: dict, logs: dict, stats: dict, split_ids: list[str],
                     local_id: str, edge_id: str) -> dict:
     static = {vid: runs[vid]["median_latency_ms"] for vid in split_ids}
     answered = {vid: ms for vid, ms in static.items() if ms is not None}
