@@ -90,17 +90,19 @@ def _plot_latency(bundle_path: Path, path: Path) -> None:
     from splitpack.runtimes.device import profile_of
 
     manifest = read_bundle(bundle_path).manifest
+    slowdown = float(manifest.profiles.get("device_slowdown", 1.0))
     bandwidths = np.geomspace(0.1, 100, 60)
     figure, axes = plt.subplots(figsize=(8, 5))
     for variant in manifest.variants:
         profile = profile_of(variant)
-        latencies = [plan_latency_ms(profile, Conditions(uplink_mbps=float(b))) for b in bandwidths]
+        latencies = [plan_latency_ms(profile, Conditions(uplink_mbps=float(b), device_slowdown=slowdown))
+                     for b in bandwidths]
         axes.plot(bandwidths, latencies, label=f"{variant.id} ({variant.accuracy:.1f}%)")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("uplink bandwidth (Mbit/s)")
     axes.set_ylabel("predicted end-to-end latency (ms), rtt 20 ms")
-    axes.set_title("latency of each bundled variant against bandwidth (profiles of this host)")
+    axes.set_title(f"latency per bundled variant against bandwidth (device {slowdown:g}x slower than this host)")
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
