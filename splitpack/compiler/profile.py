@@ -35,7 +35,7 @@ from splitpack.compiler.cuts import Cut, find_cuts
 from splitpack.compiler.splice import export_codec, splice_codec
 from splitpack.compiler.split import split_at
 from splitpack.errors import InvalidConfigError
-from splitpack.packaging.bundle import ARCHIVE_SUFFIXES
+from splitpack.packaging.archive import ARCHIVE_SUFFIXES
 from splitpack.packaging.manifest import MANIFEST_NAME
 from splitpack.runtimes.backends import OnnxBackend
 from splitpack.runtimes.profile import (

@@ -29,6 +29,7 @@ from splitpack.compiler.export import load_model
 from splitpack.compiler.grid import payload_bytes_of, variant_id
 from splitpack.compiler.profile import profile_model
 from splitpack.errors import InvalidConfigError
+from splitpack.plots import plot_selector
 from splitpack.predictors.latency import (
     ConditionArrays, Conditions, ProfileArrays, VariantProfile, latency_matrix)
 from splitpack.predictors.selector import Constraints, Selector
@@ -38,7 +39,7 @@ from splitpack.runtimes.wire import message_bytes
 
 __all__ = ["Scenario", "PHONE", "MICROCONTROLLER", "SCENARIOS", "knee_rule", "measure_decision",
            "evaluate_scenario", "run_selector_benchmark", "format_selector_summary",
-           "plot_selector", "run_bench_selector_command"]
+           "run_bench_selector_command"]
 
 SELECTOR_FORMAT = "splitpack-bench-selector/1"
 MAX_ACCURACY_DROP = 1.0
@@ -403,39 +404,6 @@ def run_selector_benchmark(out_json: str | os.PathLike[str], out_png: str | os.P
     if out_png is not None:
         plot_selector(report, Path(out_png))
     return report
-
-
-def plot_selector(report: dict, path: Path) -> None:
-    """Latency against uplink bandwidth (log-log) per strategy: a row per model, a column per
-    scenario, at device and edge load 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(report["models"].items())
-    columns = max(len(entry["scenarios"]) for _, entry in models)
-    figure, axes = plt.subplots(len(models), columns, figsize=(6 * columns, 4.5 * len(models)),
-                                squeeze=False)
-    styles = dict(zip(STRATEGIES, (("k", ":"), ("C0", "-"), ("C1", "--"), ("C2", "-."),
-                                   ("C3", "-"), ("C4", "-"))))
-    for row, (model, entry) in zip(axes, models):
-        for axis, (name, scenario) in zip(row, entry["scenarios"].items()):
-            table = scenario["latency_by_bandwidth_load1"]
-            for rank, (strategy, values) in enumerate(table["ms"].items()):
-                color, line = styles[strategy]  # the oracle and the bundle drawn on top
-                axis.plot(table["bandwidths_mbps"], values, line, color=color, label=strategy,
-                          linewidth=1.6, zorder=len(STRATEGIES) - rank)
-            axis.set(xscale="log", yscale="log", xlabel="uplink bandwidth (Mbit/s)",
-                     ylabel="latency per request (ms)")
-            axis.set_title(f"{model}: {name} device ({scenario['scenario']['device_slowdown']:g}x "
-                           "slower than this host), loads 1", fontsize=10)
-            axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def format_selector_summary(report: dict) -> str:

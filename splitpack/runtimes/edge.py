@@ -37,10 +37,8 @@ import argparse
 import hmac
 import math
 import os
-import statistics
 import sys
 import time
-from collections import defaultdict, deque
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -54,6 +52,7 @@ from splitpack.packaging.bundle import Bundle, read_bundle
 from splitpack.runtimes.backends import (
     WireInput, expected_wire_input, load_backend, normalize_uint8, wire_bundle_id,
 )  # fmt: skip
+from splitpack.runtimes.metrics import EdgeMetrics
 from splitpack.runtimes.wire import HEADER_MAX_BYTES, Payload, decode_payload, encode_payload
 
 __all__ = [
@@ -65,7 +64,6 @@ DEFAULT_MAX_BATCH = 64
 FALLBACK_MAX_BODY_BYTES = 64 * 2**20  # when a symbolic input dim leaves the size open
 RETRY_AFTER_S = 1
 OCTET_STREAM = "application/octet-stream"
-_RECENT = 1000  # tail times kept per variant for the measured median
 REMOTE_PROVIDER = "remote"  # the provider an EdgeServer without tails reports until told
 
 # Runs one admitted request's tail: (variant id, decoded array) -> (float32 output, tail ms).
@@ -124,10 +122,7 @@ class EdgeServer:
         self.provider = (next(iter(self.tails.values())).provider if self.tails
                          else REMOTE_PROVIDER)
         self.inflight = 0  # touched only on the event loop thread, so no lock
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.tail_seconds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        self.request_seconds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        self.recent_tail_ms: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=_RECENT))
+        self.metrics = EdgeMetrics()
 
     def _elements(self, spec: WireInput) -> int | None:
         dims = spec.shape
@@ -246,23 +241,17 @@ class EdgeServer:
         """Count one answered request; unserved variant ids count as ``-`` (never a variant id,
         and a client cannot grow the label set)."""
         label = variant if variant in self.variants else "-"
-        self.requests[(label, status)] += 1
-        self.request_seconds[label][0] += seconds
-        self.request_seconds[label][1] += 1
-        if tail_ms is not None:
-            self.tail_seconds[label][0] += tail_ms / 1e3
-            self.tail_seconds[label][1] += 1
-            self.recent_tail_ms[label].append(tail_ms)
+        self.metrics.record(label, status, seconds, tail_ms)
 
     def metadata(self) -> dict:
         """The ``/metadata`` document."""
         variants = []
         for vid, variant in self.variants.items():
-            spec, recent = self.inputs[vid], self.recent_tail_ms.get(vid)
+            spec = self.inputs[vid]
             variants.append({
                 "id": vid, "kind": variant.kind, "tail_ms": variant.latency.tail_ms,
-                "measured_tail_ms": statistics.median(recent) if recent else None,
-                "requests": sum(n for (v, _), n in self.requests.items() if v == vid),
+                "measured_tail_ms": self.metrics.measured_tail_ms(vid),
+                "requests": self.metrics.request_count(vid),
                 "input": {"dtype": spec.dtype, "bits": spec.bits, "shape": list(spec.shape),
                           "scale": spec.scale, "offset": spec.offset},
             })  # fmt: skip
@@ -274,25 +263,9 @@ class EdgeServer:
 
     def metrics_text(self) -> str:
         """The ``/metrics`` page in the Prometheus text exposition format (0.0.4)."""
-        lines = ["# HELP splitpack_edge_requests_total Inference requests by variant and status.",
-                 "# TYPE splitpack_edge_requests_total counter"]
-        for (variant, status), count in sorted(self.requests.items()):
-            lines.append(f'splitpack_edge_requests_total{{variant="{variant}",'
-                         f'status="{status}"}} {count}')
-        for name, table, what in (("tail", self.tail_seconds, "Tail compute"),
-                                  ("request", self.request_seconds, "Request handling")):
-            metric = f"splitpack_edge_{name}_seconds"
-            lines += [f"# HELP {metric} {what} time per request.", f"# TYPE {metric} summary"]
-            for variant, (total, count) in sorted(table.items()):
-                lines += [f'{metric}_sum{{variant="{variant}"}} {total:.9g}',
-                          f'{metric}_count{{variant="{variant}"}} {count}']
-        lines += ["# HELP splitpack_edge_inflight Inference requests being handled now.",
-                  "# TYPE splitpack_edge_inflight gauge", f"splitpack_edge_inflight {self.inflight}",
-                  "# HELP splitpack_edge_info The bundle this edge serves.",
-                  "# TYPE splitpack_edge_info gauge",
-                  f'splitpack_edge_info{{wire_bundle_id="{self.wire_bundle_id}",'
-                  f'provider="{self.provider}"}} 1']
-        return "\n".join(lines) + "\n"
+        return self.metrics.prometheus_text(inflight=self.inflight,
+                                            wire_bundle_id=self.wire_bundle_id,
+                                            provider=self.provider)
 
 
 def _error(rejection: _Rejection) -> JSONResponse:

@@ -31,9 +31,7 @@ data          data_length  packed codes or raw little-endian array bytes, maybe 
 The header takes ``36 + bundle_len + variant_len + 4 * rank`` bytes (42 to 188). The checksum
 covers the header as well as the data, so a corrupted scale or shape is caught, not used.
 
-Codes of ``bits`` < 8 are packed little-endian within a byte: code ``i`` occupies the bits from
-``(i * bits) % 8`` upwards of byte ``(i * bits) // 8``, so the first code sits in the least
-significant bits. The padding bits of the last byte are zero, and decoding checks that.
+Codes of ``bits`` < 8 are bit-packed as :mod:`splitpack.runtimes.bitpack` describes.
 """
 
 from __future__ import annotations
@@ -47,6 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
+from splitpack.runtimes.bitpack import (
+    _check_int, _describe, _fail, data_bytes, pack_codes, packed_size, unpack_codes,
+)  # fmt: skip
 
 __all__ = [
     "WIRE_VERSION", "MAGIC", "HEADER_MIN_BYTES", "HEADER_MAX_BYTES", "MAX_ID_BYTES", "MAX_RANK",
@@ -60,8 +61,6 @@ MAX_ID_BYTES = 64
 MAX_RANK = 6
 MAX_U32 = 2**32 - 1
 DEFAULT_MAX_ELEMENTS = 50_000_000
-CODE_BITS = (1, 2, 4, 8)
-WIRE_BITS = (1, 2, 4, 8, 16, 32)
 DTYPE_CODES = {"uint8": 1, "int8": 2, "float16": 3, "float32": 4}
 ALLOWED_BITS = {"uint8": (1, 2, 4, 8), "int8": (8,), "float16": (16,), "float32": (32,)}
 COMPRESSION_CODES = {"none": 0, "zlib": 1}
@@ -90,105 +89,6 @@ class Payload:
     offset: float
     compression: str
     data: bytes
-
-
-def _describe(allowed: Container) -> str:
-    if isinstance(allowed, range):
-        return f"{allowed.start}..{allowed.stop - 1}"
-    return "one of " + ", ".join(repr(value) for value in allowed)
-
-
-def _fail(field: str, found: object, allowed: str, remedy: str = "") -> WireFormatError:
-    """``found`` is a value (shown as repr) or a str that describes it (shown as is)."""
-    found = found if isinstance(found, str) else repr(found)
-    message = f"wire payload field '{field}': found {found}, allowed {allowed}"
-    return WireFormatError(f"{message} ({remedy})" if remedy else message)
-
-
-def _check_int(field: str, value: int, allowed: Container, remedy: str = "") -> int:
-    # int() first: a numpy integer is not on range's fast path and would be searched linearly
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise _fail(field, repr(value), _describe(allowed), remedy)
-    if int(value) not in allowed:
-        raise _fail(field, int(value), _describe(allowed), remedy)
-    return int(value)
-
-
-def data_bytes(count: int, bits: int) -> int:
-    """Bytes of uncompressed data for ``count`` elements at any wire bit width.
-
-    Args:
-        count: Number of elements (>= 0).
-        bits: 1, 2, 4, 8 (codes), 16 (float16) or 32 (float32).
-
-    Returns:
-        ``ceil(count * bits / 8)``.
-    """
-    bits = _check_int("bits", bits, WIRE_BITS)
-    return (_check_int("count", count, range(0, 2**63)) * bits + 7) // 8
-
-
-def packed_size(count: int, bits: int) -> int:
-    """:func:`data_bytes` for code widths only (bits 1, 2, 4 or 8)."""
-    return data_bytes(count, _check_int("bits", bits, CODE_BITS))
-
-
-def pack_codes(codes: np.ndarray, bits: int) -> bytes:
-    """Pack integer codes in [0, 2**bits) into bytes, little-endian within each byte.
-
-    Args:
-        codes: Integer array of any shape, read in C order.
-        bits: Bits per code: 1, 2, 4 or 8.
-
-    Returns:
-        ``packed_size(codes.size, bits)`` bytes; the last byte's padding bits are zero.
-    """
-    bits = _check_int("bits", bits, CODE_BITS)
-    values = np.asarray(codes)
-    if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
-        raise _fail("codes", f"dtype {values.dtype}", "integer dtypes", "use .astype(np.uint8)")
-    flat = values.reshape(-1)
-    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
-        found = f"values in [{int(flat.min())}, {int(flat.max())}]"
-        raise _fail("codes", found, f"values in [0, {(1 << bits) - 1}] for bits={bits}")
-    flat = flat.astype(np.uint8, copy=False)
-    if bits == 8:
-        return flat.tobytes()
-    per_byte = 8 // bits
-    if flat.size % per_byte:
-        flat = np.concatenate([flat, np.zeros(-flat.size % per_byte, dtype=np.uint8)])
-    groups = flat.reshape(-1, per_byte)
-    packed = groups[:, 0].copy()
-    for slot in range(1, per_byte):  # at most 7 whole-column operations, none per element
-        packed |= groups[:, slot] << np.uint8(slot * bits)
-    return packed.tobytes()
-
-
-def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
-    """Unpack codes written by :func:`pack_codes` (its exact inverse).
-
-    Args:
-        data: Exactly ``packed_size(count, bits)`` bytes, with zero padding bits.
-        bits: Bits per code: 1, 2, 4 or 8.
-        count: Number of codes.
-
-    Returns:
-        A new, writable uint8 array of ``count`` codes.
-    """
-    expected = packed_size(count, bits)
-    if len(data) != expected:
-        raise _fail("data", f"{len(data)} bytes", f"{expected} for {count} codes of {bits} bits")
-    packed = np.frombuffer(data, dtype=np.uint8)
-    if bits == 8:
-        return packed.copy()
-    per_byte, mask = 8 // bits, np.uint8((1 << bits) - 1)
-    groups = np.empty((packed.size, per_byte), dtype=np.uint8)
-    for slot in range(per_byte):  # column-wise: 10x faster than broadcasting over slots
-        np.bitwise_and(packed >> np.uint8(slot * bits), mask, out=groups[:, slot])
-    codes = groups.reshape(-1)
-    if codes[count:].any():
-        raise _fail("data", "nonzero padding bits in the last byte", "zero padding bits")
-    return codes[:count]
 
 
 def _encode_id(field: str, value: str) -> bytes:

@@ -18,7 +18,7 @@ from splitpack.errors import InvalidBundleError
 from splitpack.packaging import (
     Bundle, pack_bundle, read_bundle, read_samples, verify_files, write_bundle,
 )  # fmt: skip
-from splitpack.packaging.bundle import extract_archive
+from splitpack.packaging.archive import extract_archive
 from splitpack.packaging.manifest import MANIFEST_NAME, manifest_to_json
 from tests.packaging.test_manifest import ARTIFACTS, manifest_fields
 

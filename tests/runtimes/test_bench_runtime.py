@@ -6,11 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 
+import httpx
+import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from splitpack.errors import InvalidConfigError
+from splitpack.packaging import read_samples
 from splitpack.runtimes import bench_runtime
+from splitpack.runtimes.device import DeviceRuntime
+from splitpack.runtimes.edge import create_app
 from splitpack.runtimes.netem import from_mbps
+from splitpack.runtimes.wire import decode_payload
 
 LOW_MBPS, HIGH_MBPS = 0.05, 50.0
 RUNTIME_KEYS = {"median_latency_ms", "p90_latency_ms", "switches", "switch_ms_p99", "errors",
@@ -73,7 +80,7 @@ def test_commands_parse_and_run(bundle_path, tmp_path, capsys) -> None:
     assert "errors 0" in capsys.readouterr().out
     assert json.loads((tmp_path / "c.json").read_text())["max_inflight"] == 4
     args = parser.parse_args(["runtime", str(bundle_path), "--trace", "t.up", "--out", "r.json"])
-    assert (args.requests, args.interval, args.device_slowdown) == (200, 0.1, None)
+    assert (args.requests, args.interval, args.device_slowdown) == (150, 0.1, None)
 
 
 @pytest.mark.parametrize("options, match", [
@@ -84,3 +91,27 @@ def test_commands_parse_and_run(bundle_path, tmp_path, capsys) -> None:
 def test_bad_settings_are_refused(bundle_path, options, match) -> None:
     with pytest.raises(InvalidConfigError, match=match):
         bench_runtime.run_runtime_benchmark(bundle_path, from_mbps([1.0], 1.0), **options)
+
+
+def test_edge_uploads_are_zlib_compressed_uint8(bundle) -> None:
+    """The raw upload of the ``edge`` variant, from the runtime and from the benchmarks."""
+    inputs, expected = read_samples(bundle)
+    edge, bodies = TestClient(create_app(bundle)), []
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        answer = edge.post(request.url.path, content=request.content,
+                           headers={"content-type": "application/octet-stream"})
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    with DeviceRuntime(bundle, "http://edge.test", transport=httpx.MockTransport(forward),
+                       device_slowdown=1000.0, rtt_ms=1.0) as runtime:  # a slow device: edge
+        result = runtime.infer(inputs[0])
+    assert result.mode == "edge"
+    np.testing.assert_allclose(result.output, expected["edge"][0], atol=1e-4)
+    uploads = [body for vid, _, body in bench_runtime._wire_payloads(bundle, inputs) if vid == "edge"]
+    for body in (bodies[-1], *uploads):
+        header, sent = decode_payload(body)
+        assert (header.variant_id, header.dtype, header.bits, header.compression) == (
+            "edge", "uint8", 8, "zlib")
+    assert np.array_equal(decode_payload(bodies[-1])[1], inputs[:1])
