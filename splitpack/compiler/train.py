@@ -132,7 +132,9 @@ def train_codec(
     y_all = torch.from_numpy(features.y_train.astype(np.int64))
     variance = float(x_all.var()) + 1e-8
     encoder.train(), decoder.train()
-    bar = tqdm(range(epochs), desc=f"train {features.cut.label} {codec}", disable=not progress, leave=False)
+    # disable=None: a bar on a terminal, nothing in a log file or CI output
+    bar = tqdm(range(epochs), desc=f"train {features.cut.label} {codec}", disable=None if progress else True,
+               leave=False)
     for _ in bar:
         order = torch.from_numpy(generator.permutation(len(x_all)))
         for step in range(steps_per_epoch):

@@ -147,7 +147,8 @@ def train_classifier(
         optimizer, T_max=epochs * steps_per_epoch
     )
     model.train()
-    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress)
+    # disable=None: a bar on a terminal, nothing in a log file or CI output
+    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if progress else True)
     for _ in bar:
         order = torch.randperm(inputs.shape[0], generator=shuffle_generator)
         total_loss = 0.0
