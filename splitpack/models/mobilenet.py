@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splitpack.models._blocks import conv_bn
+
 __all__ = ["InvertedResidual", "MobileNetV2Small", "mobilenetv2_small"]
 
 # (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper.
@@ -16,24 +18,8 @@ MOBILENETV2_SMALL_LAYOUT: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def _conv_bn(
-    in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, groups: int = 1
-) -> nn.Sequential:
-    block = nn.Sequential()
-    block.add_module(
-        "conv",
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-        ),
-    )
-    block.add_module("bn", nn.BatchNorm2d(out_channels))
-    return block
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, groups: int = 1):
+    return conv_bn(in_channels, out_channels, kernel_size=kernel_size, stride=stride, groups=groups)
 
 
 class InvertedResidual(nn.Module):
