@@ -33,8 +33,6 @@ def _cmd_compile(args) -> int:
         "device_slowdown": args.device_slowdown, "tflite": args.tflite, "budget": args.budget,
         "epochs": args.epochs, "final_epochs": args.final_epochs, "samples": args.samples, "seed": args.seed,
     }
-    if args.data == "digits" and args.config:
-        overrides.pop("data")  # the option's default must not hide the config file's data set
     settings = load_settings(args.config, overrides)
     result = compile_bundle(settings, Path(args.out))
     _print_inspect(Path(args.out))
@@ -150,7 +148,8 @@ def add_bundle_commands(commands, bench) -> None:
     compile_.add_argument("--final-epochs", type=int, help="epochs per bundled variant (default 10)")
     compile_.add_argument("--samples", type=int, help="sample inputs embedded for verify (default 32)")
     compile_.add_argument("--seed", type=int)
-    compile_.set_defaults(handler=_cmd_compile)
+    # no option default may hide a config file's value; CompileSettings holds the defaults
+    compile_.set_defaults(handler=_cmd_compile, data=None)
 
     inspect = commands.add_parser("inspect", help="show a bundle's variants")
     inspect.add_argument("bundle", help="bundle folder or archive")
