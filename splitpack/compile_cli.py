@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from splitpack.errors import InvalidConfigError
-
 __all__ = ["add_bundle_commands", "inspect_rows", "INSPECT_HEADERS"]
 
 INSPECT_HEADERS = ["variant", "kind", "cut", "ratio", "bits", "payload B", "accuracy %", "predicted %",

@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from splitpack.compiler.codec import codec_space, compression_ratio, parse_codec, quantization_params
+from splitpack.compiler.codec import codec_space, compression_ratio, parse_codec
 from splitpack.compiler.cuts import Cut, find_cuts
-from splitpack.compiler.evaluate import evaluate_model, evaluate_split
+from splitpack.compiler.evaluate import evaluate_model
 from splitpack.compiler.grid import measure_cell, payload_bytes_of, variant_id
 from splitpack.compiler.settings import CompileSettings, parse_bandwidth
 from splitpack.compiler.train import compute_cut_features, frozen_tail

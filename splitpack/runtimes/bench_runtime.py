@@ -1,4 +1,5 @@
-"""Runtime benchmarks against a real edge process on loopback: ``bench runtime``, ``bench concurrency``.
+"""The runtime benchmark against a real edge process on loopback (``bench runtime``), and the
+edge-process and timing helpers that ``bench_concurrency`` shares.
 
 ``run_runtime_benchmark`` replays an uplink trace under the adaptive :class:`DeviceRuntime`
 and, in the same run, under every fixed choice: each split variant alone, ``local`` and
@@ -16,16 +17,12 @@ the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x t
 time, :func:`encode_payload`, the shaped link, ``POST /v1/infer`` with httpx); they have no
 selector and no fallback, so an edge failure there is an error and a lost request.
 
-``run_concurrency_benchmark`` sends real wire payloads (split codes from the bundle's samples
-and zlib'd raw uploads for ``edge``) from many concurrent clients, without shaping.
-
 Imports what the runtimes import (numpy, httpx, onnxruntime); matplotlib only to plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -43,24 +40,23 @@ from typing import Callable, Iterator
 import httpx
 import numpy as np
 
-from splitpack.errors import InternalError, InvalidConfigError, SplitpackError, WireFormatError
+from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, normalize_uint8, wire_bundle_id
 from splitpack.runtimes.device import DeviceRuntime, InferenceResult
 from splitpack.runtimes.netem import BandwidthTrace, ShapedLink, load_trace
 from splitpack.runtimes.wire import decode_payload, encode_payload
 
-__all__ = ["edge_process", "run_runtime_benchmark", "run_concurrency_benchmark",
-           "plot_runtime", "add_bench_runtime_commands"]
+__all__ = ["edge_process", "run_runtime_benchmark", "plot_runtime", "add_bench_runtime_commands",
+           "host_info", "model_input", "percentile"]
 
 RUNTIME_FORMAT = "splitpack-bench-runtime/1"
-CONCURRENCY_FORMAT = "splitpack-bench-concurrency/1"
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_REQUESTS = 150  # 15 s of trace per run; 7 runs of a 4-split bundle fit in ~2 minutes
 BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s means
 WARMUP_REQUESTS = 10  # per variant; the first two (cold) do not count towards the rtt
 MAX_BUSY_RETRIES = 3
-_OCTET_STREAM = {"content-type": "application/octet-stream"}
+OCTET_STREAM_HEADERS = {"content-type": "application/octet-stream"}
 
 
 
@@ -124,7 +120,7 @@ def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | Non
                 process.wait(timeout=10)
 
 
-def _model_input(manifest, pixels: np.ndarray) -> np.ndarray:
+def model_input(manifest, pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels as the model takes them (normalized float32 unless it takes uint8)."""
     return pixels if manifest.input.dtype == "uint8" else normalize_uint8(pixels, manifest.preprocessing)
 
@@ -144,9 +140,9 @@ class _FixedVariant:
 
     def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
         # Normalized before the clock starts, as DeviceRuntime does: only the head is stretched.
-        model_input = _model_input(self.manifest, batch)
+        inputs = model_input(self.manifest, batch)
         started = time.perf_counter()
-        output = self.head.run(model_input)
+        output = self.head.run(inputs)
         measured = time.perf_counter() - started
         if self.device_slowdown > 1.0:  # as DeviceRuntime: stretch to device_slowdown x
             time.sleep(measured * (self.device_slowdown - 1.0))
@@ -179,7 +175,7 @@ class _FixedVariant:
 def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.ndarray, float]:
     """POST one payload; (output, tail ms the edge reported) or _RequestFailed."""
     try:
-        response = client.post("/v1/infer", content=payload, headers=_OCTET_STREAM)
+        response = client.post("/v1/infer", content=payload, headers=OCTET_STREAM_HEADERS)
     except httpx.HTTPError as exc:
         raise _RequestFailed(f"{type(exc).__name__}: {exc}") from None
     if response.status_code != 200:
@@ -243,7 +239,7 @@ def _conditions_seen(runtime: DeviceRuntime) -> dict:
             "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3)}
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
@@ -251,9 +247,9 @@ def _summarize(records: list[dict], requests: int, errors: int) -> dict:
     latencies = [r["latency_ms"] for r in records if "latency_ms" in r]
     return {"requests": requests, "answered": len(latencies), "errors": errors,
             "lost": requests - len(latencies), "skipped": requests - len(records),
-            "median_latency_ms": _percentile(latencies, 50),
-            "p90_latency_ms": _percentile(latencies, 90),
-            "p99_latency_ms": _percentile(latencies, 99),
+            "median_latency_ms": percentile(latencies, 50),
+            "p90_latency_ms": percentile(latencies, 90),
+            "p99_latency_ms": percentile(latencies, 99),
             "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
             "argmax_disagreements": sum(not r["argmax_agrees"] for r in records if "variant" in r),
             "variants": dict(Counter(r["variant"] for r in records if "variant" in r)),
@@ -284,7 +280,7 @@ def _trace_info(trace: BandwidthTrace, source: str, start_offset_s: float, span_
             "segment_mean_mbps": segment_bytes * 8 / 1e6 / span_s, "segment_mbps": curve}
 
 
-def _host() -> dict:
+def host_info() -> dict:
     """Where it ran, and how busy the machine was (other processes skew every timing)."""
     import onnxruntime
 
@@ -325,7 +321,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         raise InvalidConfigError(f"requests: found {requests!r}; expected an int >= 1")
     if not (isinstance(interval_s, (int, float)) and 0 <= interval_s <= 60):
         raise InvalidConfigError(f"interval_s: found {interval_s!r}; expected seconds in [0, 60]")
-    opened, host = read_bundle(bundle), _host()
+    opened, host = read_bundle(bundle), host_info()
     manifest = opened.manifest
     if device_slowdown is None:
         device_slowdown = float(manifest.profiles.get("device_slowdown", 1.0))
@@ -350,7 +346,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         runtime = stack.enter_context(DeviceRuntime(opened, url, device_slowdown=device_slowdown,
                                                     rtt_ms=rtt_ms))
         for head in runtime.heads.values():  # a head's first run is slow; not the device's state
-            head.run(_model_input(manifest, inputs[:1]))
+            head.run(model_input(manifest, inputs[:1]))
         logs = {}
         for name, device in {"adaptive": runtime, **fixed}.items():  # one run after another
             observe = (lambda: _conditions_seen(runtime)) if name == "adaptive" else None
@@ -403,7 +399,7 @@ def _runtime_result(runs: dict, logs: dict, stats: dict, split_ids: list[str],
     fixed_best = min((v for v in (median["best_static"], median["local"], median["edge"])
                       if v is not None), default=None)
     adaptive = median["adaptive"]
-    switch_p99 = _percentile(switch_ms, 99) or 0.0
+    switch_p99 = percentile(switch_ms, 99) or 0.0
     errors = sum(run["errors"] for run in runs.values())
     lost = sum(run["lost"] for run in runs.values())
     def at_most(a: float | None, b: float | None) -> bool | None:
@@ -474,139 +470,10 @@ def plot_runtime(result: dict, path: str | os.PathLike[str]) -> None:
     plt.close(figure)
 
 
-# -- concurrency ---------------------------------------------------------------------------------
-
-def _wire_payloads(bundle: Bundle, inputs: np.ndarray) -> list[tuple[str, int, bytes]]:
-    """(variant id, sample index, payload) for every split variant and sample, then ``edge``'s."""
-    manifest, wire_id = bundle.manifest, wire_bundle_id(bundle.manifest)
-    model_inputs = _model_input(manifest, inputs)
-    payloads = []
-    for variant in manifest.variants:
-        if variant.kind == "split":
-            head, q = load_backend(bundle, variant), variant.quantization
-            for index in range(len(inputs)):
-                codes = head.run(model_inputs[index:index + 1])
-                payloads.append((variant.id, index, encode_payload(
-                    codes, bundle_id=wire_id, variant_id=variant.id, bits=q.bits, scale=q.scale,
-                    offset=q.offset)))
-        elif variant.kind == "edge":
-            payloads += [(variant.id, index, encode_payload(
-                inputs[index:index + 1], bundle_id=wire_id, variant_id=variant.id, bits=8,
-                scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")) for index in range(len(inputs))]
-    return payloads
-
-
-async def _client(url: str, plan: list[tuple[str, int, bytes]], expected: dict,
-                  outcomes: list[dict]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
-        for variant_id, index, payload in plan:
-            started, busy, failure = time.perf_counter(), 0, None
-            while True:
-                try:
-                    response = await client.post("/v1/infer", content=payload, headers=_OCTET_STREAM)
-                except httpx.HTTPError as exc:
-                    failure = f"{type(exc).__name__}: {exc}"
-                    break
-                if response.status_code == 503 and busy < MAX_BUSY_RETRIES:
-                    busy += 1  # the edge is full: wait as Retry-After says, then send again
-                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                    continue
-                break
-            latency_ms = (time.perf_counter() - started) * 1e3
-            if failure is None and response.status_code != 200:
-                failure = f"edge answered {response.status_code}: {response.text[:200]}"
-            matches = None
-            if failure is None:
-                try:
-                    output = decode_payload(response.content)[1][0]
-                    matches = bool(np.allclose(output, expected[variant_id][index], atol=1e-3, rtol=1e-3))
-                except WireFormatError as exc:
-                    failure = f"malformed response: {exc}"
-            outcomes.append({"variant": variant_id, "latency_ms": latency_ms, "busy": busy,
-                             "error": failure, "matches": matches})
-
-
-def run_concurrency_benchmark(bundle: str | os.PathLike[str], *, clients: int = 32,
-                              requests: int = 200, edge_every: int = 8,
-                              max_inflight: int | None = None, max_run_s: float = 300.0,
-                              out_json: str | os.PathLike[str] | None = None) -> dict:
-    """Many concurrent clients send real wire payloads to one edge process (no shaping).
-
-    Args:
-        bundle: A bundle folder or archive with samples.
-        clients: Concurrent clients, each with its own connection.
-        requests: Requests per client, one at a time.
-        edge_every: Every ``edge_every``-th request of a client is a raw ``edge`` upload; the
-            rest cycle through the split variants' codes of the bundle's samples.
-        max_inflight: The server's ``--max-inflight``; None for ``clients``, so that every
-            client's request can be in flight at once (the server's default, 8, answers 32
-            clients with 503s). A 503 is still retried after ``Retry-After`` (at most
-            ``MAX_BUSY_RETRIES`` times), and counted.
-        max_run_s: Give up (an InternalError) when the clients take longer than this.
-        out_json: Where to write the result (optional).
-
-    Returns:
-        errors, busy_503, p50/p90/p99 latency, throughput, max_inflight and the counts.
-    """
-    for name, value in (("clients", clients), ("requests", requests), ("edge_every", edge_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidConfigError(f"{name}: found {value!r}; expected an int >= 1")
-    opened, host = read_bundle(bundle), _host()
-    inputs, expected = read_samples(opened)
-    payloads = _wire_payloads(opened, inputs)
-    split = [p for p in payloads if p[0] != "edge"] or payloads
-    edge = [p for p in payloads if p[0] == "edge"]
-    plans = [[edge[(c + r) % len(edge)] if edge and r % edge_every == edge_every - 1
-              else split[(c * requests + r) % len(split)] for r in range(requests)]
-             for c in range(clients)]
-    outcomes: list[dict] = []
-    with edge_process(opened.root, max_inflight=max_inflight or clients) as url:
-        metadata = httpx.get(f"{url}/metadata", timeout=5.0).json()
-
-        async def all_clients() -> None:
-            await asyncio.wait_for(asyncio.gather(*(_client(url, plan, expected, outcomes)
-                                                    for plan in plans)), max_run_s)
-
-        started = time.perf_counter()
-        try:
-            asyncio.run(all_clients())
-        except TimeoutError:
-            raise InternalError(f"{clients} clients x {requests} requests took over "
-                                f"{max_run_s:g} s; {len(outcomes)} answered") from None
-        wall_s = time.perf_counter() - started
-    latencies = [o["latency_ms"] for o in outcomes if o["error"] is None]
-    result = {
-        "format": CONCURRENCY_FORMAT, "clients": clients, "requests_per_client": requests,
-        "requests": clients * requests, "answered": len(latencies),
-        "errors": sum(o["error"] is not None for o in outcomes),
-        "error_examples": [o["error"] for o in outcomes if o["error"]][:5],
-        "mismatches": sum(o["matches"] is False for o in outcomes),
-        "busy_503": sum(o["busy"] for o in outcomes),
-        "requests_retried_after_503": sum(o["busy"] > 0 for o in outcomes),
-        "max_inflight": metadata["max_inflight"],
-        "max_inflight_source": "= clients" if max_inflight is None else "--max-inflight",
-        "busy_policy": f"503: wait Retry-After, resend (at most {MAX_BUSY_RETRIES} times)",
-        "provider": metadata["provider"],
-        "p50_latency_ms": _percentile(latencies, 50), "p90_latency_ms": _percentile(latencies, 90),
-        "p99_latency_ms": _percentile(latencies, 99), "max_latency_ms": max(latencies, default=None),
-        "wall_s": wall_s, "throughput_rps": len(latencies) / wall_s,
-        "by_variant": dict(Counter(o["variant"] for o in outcomes)),
-        "payload_bytes_min_max": {vid: [min(sizes), max(sizes)] for vid, sizes in (
-            (vid, [len(p) for v, _, p in payloads if v == vid])
-            for vid in dict.fromkeys(v for v, _, _ in payloads))},
-        "shaping": "none (loopback)", "bundle": os.fspath(opened.root),
-        "host": {**host, "load_average_after": [round(v, 2) for v in os.getloadavg()]},
-    }
-    if out_json is not None:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
 # -- command line --------------------------------------------------------------------------------
 
 def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench runtime`` and ``bench concurrency`` to the ``bench`` sub-parsers.
+    """Add ``bench runtime`` (and, from ``bench_concurrency``, ``bench concurrency``).
 
     Args:
         bench_subparsers: The sub-parsers object of ``splitpack bench``.
@@ -627,15 +494,10 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
     runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
     runtime.set_defaults(handler=_cmd_bench_runtime)
 
-    concurrency = bench_subparsers.add_parser(
-        "concurrency", help="many concurrent clients against one edge process")
-    concurrency.add_argument("bundle", help="bundle folder or archive (with samples)")
-    concurrency.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
-    concurrency.add_argument("--requests", type=int, default=200, help="requests per client (default 200)")
-    concurrency.add_argument("--max-inflight", type=int,
-                             help="the edge's --max-inflight (default: the number of clients)")
-    concurrency.add_argument("--out", required=True, help="concurrency JSON to write")
-    concurrency.set_defaults(handler=_cmd_bench_concurrency)
+    from splitpack.runtimes.bench_concurrency import add_bench_concurrency_command
+
+    add_bench_concurrency_command(bench_subparsers)
+
 
 
 def _cmd_bench_runtime(args: argparse.Namespace) -> int:
@@ -650,12 +512,3 @@ def _cmd_bench_runtime(args: argparse.Namespace) -> int:
           f"errors {result['errors']}, lost {result['lost']} -> {args.out}")
     return 0
 
-
-def _cmd_bench_concurrency(args: argparse.Namespace) -> int:
-    result = run_concurrency_benchmark(args.bundle, clients=args.clients, requests=args.requests,
-                                       max_inflight=args.max_inflight, out_json=args.out)
-    print(f"{result['requests']} requests from {result['clients']} clients: errors "
-          f"{result['errors']}, 503s {result['busy_503']} (max_inflight {result['max_inflight']}), "
-          f"p50 {result['p50_latency_ms']:.3g} ms, p99 {result['p99_latency_ms']:.3g} ms, "
-          f"{result['throughput_rps']:.0f} req/s -> {args.out}")
-    return 0

@@ -17,7 +17,7 @@ import torch
 
 from splitpack.cli import main
 from splitpack.compiler.settings import CompileSettings, load_settings
-from splitpack.compiler.tflite import compare_tflite, export_tflite, run_tflite
+from splitpack.compiler.tflite import run_tflite
 from splitpack.errors import InvalidBundleError, InvalidConfigError
 from splitpack.packaging.bundle import read_bundle, read_samples
 from splitpack.runtimes.backends import normalize_uint8

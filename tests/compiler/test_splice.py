@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 
 from splitpack.compiler.codec import CodecSpec, build_codec_modules, codes_shape

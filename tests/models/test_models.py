@@ -9,7 +9,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn.functional as F
 
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
 from splitpack.models import (

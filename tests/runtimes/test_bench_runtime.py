@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from splitpack.errors import InvalidConfigError
 from splitpack.packaging import read_samples
-from splitpack.runtimes import bench_runtime
+from splitpack.runtimes import bench_concurrency, bench_runtime
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
 from splitpack.runtimes.netem import from_mbps
@@ -63,7 +63,7 @@ def test_runtime_benchmark_loses_nothing_and_adapts(runtime_result) -> None:
 
 
 def test_concurrency_benchmark_answers_every_request(bundle_path, tmp_path) -> None:
-    result = bench_runtime.run_concurrency_benchmark(bundle_path, clients=4, requests=10,
+    result = bench_concurrency.run_concurrency_benchmark(bundle_path, clients=4, requests=10,
                                                      edge_every=3, out_json=tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["requests"] == 40
     assert (result["errors"], result["mismatches"], result["answered"]) == (0, 0, 40)
@@ -109,7 +109,7 @@ def test_edge_uploads_are_zlib_compressed_uint8(bundle) -> None:
         result = runtime.infer(inputs[0])
     assert result.mode == "edge"
     np.testing.assert_allclose(result.output, expected["edge"][0], atol=1e-4)
-    uploads = [body for vid, _, body in bench_runtime._wire_payloads(bundle, inputs) if vid == "edge"]
+    uploads = [body for vid, _, body in bench_concurrency._wire_payloads(bundle, inputs) if vid == "edge"]
     for body in (bodies[-1], *uploads):
         header, sent = decode_payload(body)
         assert (header.variant_id, header.dtype, header.bits, header.compression) == (
