@@ -10,7 +10,8 @@ channels (a transposed convolution when strided) → BatchNorm → ReLU → 1×1
 the decoder can reproduce signed features as well as post-ReLU ones.
 
 compression_ratio = float32 bytes of the cut tensor ÷ bytes of the packed codes. It counts the
-codes only; the wire header (about 60 bytes per message, see ``runtimes.wire``) is reported
+codes only; the wire header (36 bytes + the ids + 4 per dimension: 72–80 bytes in the demo
+bundle, see ``runtimes.wire``) is reported
 separately as part of ``payload_bytes``.
 """
 
