@@ -154,6 +154,6 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
     }
     write_bundle(out, fields, files)
     archive = pack_bundle(out, out.parent / f"{out.name}.tar.gz")
-    log(f"    wrote {out} and {archive}; verifying")
-    verify_bundle(archive if settings.tflite is False else out, tflite=settings.tflite)
+    log(f"    wrote {out} and {archive}; verifying the archive")
+    verify_bundle(archive, tflite=settings.tflite)  # the archive: what ships, packing included
     return {"archive": str(archive), "variants": variants}

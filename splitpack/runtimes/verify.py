@@ -8,7 +8,9 @@ numpy + ONNX Runtime (+ LiteRT for TFLite heads) only, so that it runs on the ta
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -66,7 +68,13 @@ def verify_bundle(path_or_bundle, *, atol: float = 1e-4, tflite: bool = True) ->
     Returns:
         A ``VerifyReport``.
     """
-    bundle = path_or_bundle if isinstance(path_or_bundle, Bundle) else read_bundle(path_or_bundle)
+    if isinstance(path_or_bundle, Bundle):
+        return _verify(path_or_bundle, atol, tflite)
+    with tempfile.TemporaryDirectory(prefix="splitpack-verify-") as scratch:  # an archive's contents
+        return _verify(read_bundle(path_or_bundle, extract_to=Path(scratch) / "bundle"), atol, tflite)
+
+
+def _verify(bundle: Bundle, atol: float, tflite: bool) -> VerifyReport:
     manifest = bundle.manifest
     report = VerifyReport(bundle_id=manifest.bundle_id)
     inputs, expected = read_samples(bundle)
