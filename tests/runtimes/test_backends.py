@@ -40,6 +40,31 @@ def test_onnx_backend_reports_signature_provider_and_matches_offline(bundle, sam
     np.testing.assert_allclose(output, expected["local"], atol=1e-5)
 
 
+def test_cuda_sessions_are_asked_for_full_float32(bundle, samples, monkeypatch) -> None:
+    """On a GPU, ONNX Runtime's CUDA provider defaults to TensorFloat-32; an H100 run then
+    missed the bundle's references by ~1e-3 (benchmarks/README.md). The default providers and
+    a plain "CUDAExecutionProvider" both carry use_tf32=0; explicit options are left alone."""
+    import onnxruntime as ort
+
+    asked: list = []
+    real_session = ort.InferenceSession
+
+    def recording_session(model, options, providers):
+        asked.append(providers)
+        return real_session(model, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    model = bundle.path(bundle.manifest.variants[0].artifacts.head)
+    OnnxBackend(model)
+    OnnxBackend(model, providers=["CUDAExecutionProvider"])
+    OnnxBackend(model, providers=[("CUDAExecutionProvider", {"use_tf32": "1"})])
+    full = ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert asked == [[full, "CPUExecutionProvider"], [full],
+                     [("CUDAExecutionProvider", {"use_tf32": "1"})]]
+
+
 def test_onnx_backend_from_path_and_bytes_agree(bundle, samples) -> None:
     inputs, _ = samples
     relpath = bundle.variant("local").artifacts.head
