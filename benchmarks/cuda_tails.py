@@ -13,7 +13,7 @@ For every tail (split variants and ``edge``), on the bundle's sample inputs:
    payloads go through the device runtime's wire path, and each answer is compared with the
    expected outputs.
 
-Exits 2 when ONNX Runtime offers no CUDA provider or a session falls back to CPU: a GPU check
+Exits 1 with a message when ONNX Runtime offers no CUDA provider or a session falls back to CPU: a GPU check
 that silently ran on the CPU would prove nothing. Needs numpy, onnxruntime-gpu, fastapi and
 uvicorn; not torch. The results of the run that was made are in ``benchmarks/README.md``.
 """
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from splitpack.packaging import read_bundle, read_samples  # noqa: E402
 from splitpack.runtimes.backends import OnnxBackend, normalize_uint8  # noqa: E402
+from splitpack.runtimes.bench_support import free_port  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.wire import pack_codes, unpack_codes  # noqa: E402
 
@@ -99,12 +98,6 @@ def direct(bundle, inputs, expected, repeats: int, batch: int) -> dict:
             "batch1": ms["cpu_batch1"] / ms["cuda_batch1"],
             f"batch{batch}": ms[f"cpu_batch{batch}"] / ms[f"cuda_batch{batch}"]}
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def served(bundle_path: str, bundle, inputs, expected) -> dict:

@@ -1,8 +1,11 @@
-"""Plots written next to benchmark JSON (matplotlib, Agg backend; compile-side only)."""
+"""Plots written next to benchmark JSON (matplotlib, Agg backend, imported only when drawing)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["plot_grid", "plot_selector"]
 
@@ -83,4 +86,47 @@ def plot_selector(report: dict, path: Path) -> None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_runtime(result: dict, path: str | os.PathLike[str], window_s: float = 1.0) -> None:
+    """Bandwidth (``window_s`` means), chosen variant and latency over time (three stacked
+    axes) of a ``bench runtime`` result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = result["log"]
+    times = np.array([r["t_s"] for r in log])
+    figure, (bandwidth, variant, latency) = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
+                                                         gridspec_kw={"height_ratios": [1, 1, 1.4]})
+    curve = np.array(result["trace"]["segment_mbps"])
+    bandwidth.plot(curve[:, 0], curve[:, 1], "-", color="tab:blue", lw=1)
+    bandwidth.set_ylabel(f"uplink Mbit/s\n({window_s:g} s mean)")
+    bandwidth.set_title(f"{Path(result['trace']['path']).name} from {result['trace']['start_offset_s']:g} s;"
+                        f" device slowdown {result['device_slowdown']:g}x")
+    ids = list(result["bundle"]["variants"])
+    chosen = [r.get("variant") for r in log]
+    answered = [i for i, v in enumerate(chosen) if v is not None]
+    variant.scatter(times[answered], [ids.index(chosen[i]) for i in answered], s=8, color="tab:green")
+    variant.set_yticks(range(len(ids)), ids, fontsize=7)
+    variant.set_ylabel("adaptive variant")
+    medians = result["median_latency_ms"]
+    latency.plot(times[answered], [log[i]["latency_ms"] for i in answered], ".", ms=4,
+                 color="tab:red", label=f"adaptive (median {medians['adaptive']:.3g} ms)")
+    for name, style in (("best_static", "tab:gray"), ("edge", "tab:purple"), ("local", "tab:orange")):
+        vid = result["best_static_variant"] if name == "best_static" else name
+        if vid not in result["fixed_log"] or medians[name] is None:
+            continue
+        series = np.array([[t, np.nan if ms is None else ms] for t, ms in result["fixed_log"][vid]])
+        latency.plot(series[:, 0], series[:, 1], "-", lw=0.7, alpha=0.6, color=style,
+                     label=f"{name} {vid} (median {medians[name]:.3g} ms)")
+    latency.set_yscale("log")
+    latency.set_ylabel("latency ms")
+    latency.set_xlabel("seconds since the run started")
+    latency.legend(fontsize=7)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -17,7 +17,7 @@ import numpy as np
 from splitpack.errors import InternalError, InvalidConfigError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, wire_bundle_id
-from splitpack.runtimes.bench_runtime import (
+from splitpack.runtimes.bench_support import (
     MAX_BUSY_RETRIES, OCTET_STREAM_HEADERS, edge_process, host_info, model_input, percentile,
 )
 from splitpack.runtimes.wire import decode_payload, encode_payload

@@ -1,16 +1,18 @@
-"""The runtime benchmark against a real edge process on loopback (``bench runtime``), and the
-edge-process and timing helpers that ``bench_concurrency`` shares.
+"""The runtime benchmark against a real edge process on loopback (``bench runtime``).
 
 ``run_runtime_benchmark`` replays an uplink trace under the adaptive :class:`DeviceRuntime`
 and, in the same run, under every fixed choice: each split variant alone, ``local`` and
-``edge``. Every run is one device issuing one request at a time over its own
-:class:`ShapedLink`, built on the same trace at the same ``start_offset_s``, so every run sees
-the same trace segment (the trace clock runs in real time from the start of the run) and the
-same inputs (the bundle's uint8 samples, cycled). Request ``i`` is issued ``i * interval_s``
-after the run starts, or as soon as request ``i - 1`` returns if that is later. The runs go one
-after another (adaptive, each split variant, local, edge). Running them at once, one thread
-each, was tried and dropped: on a 2-core host they slowed each other down (in one trial the
-split variants' median went from about 8 to about 40 ms).
+``edge``. Each method is one device issuing one request at a time over its own
+:class:`ShapedLink`, all built on the same trace at the same ``start_offset_s`` and at the same
+moment (the trace clock runs in real time), with the same inputs (the bundle's uint8 samples,
+cycled). The methods are interleaved request by request: round ``i`` starts ``i * interval_s``
+after the benchmark starts (or when round ``i - 1`` ends, if later), and in it every method
+answers request ``i``, one after another, in an order rotated each round. So every method meets
+the same moments of the trace and the same state of the host. Two other schedules were tried and
+dropped: all methods at once, one thread each, made them slow each other down on a 2-core host
+(the split variants' median went from about 8 to about 40 ms); one whole run per method, one
+after another, let the host's drift between runs (0.5 ms on 3.5 ms medians) outweigh the
+differences being measured.
 
 :class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
 the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x their measured
@@ -26,103 +28,38 @@ import argparse
 import json
 import math
 import os
-import platform
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import httpx
 import numpy as np
 
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, normalize_uint8, wire_bundle_id
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, wire_bundle_id
+from splitpack.runtimes.bench_support import (
+    OCTET_STREAM_HEADERS, edge_process, host_info, model_input, percentile,
+)
 from splitpack.runtimes.device import DeviceRuntime, InferenceResult
 from splitpack.runtimes.netem import BandwidthTrace, ShapedLink, load_trace
 from splitpack.runtimes.wire import decode_payload, encode_payload
 
-__all__ = ["edge_process", "run_runtime_benchmark", "plot_runtime", "add_bench_runtime_commands",
-           "host_info", "model_input", "percentile"]
+__all__ = ["run_runtime_benchmark", "add_bench_runtime_commands"]
 
 RUNTIME_FORMAT = "splitpack-bench-runtime/1"
 DEFAULT_INTERVAL_S = 0.1
+DEFAULT_THREADS = 1  # per session; see run_runtime_benchmark
 DEFAULT_REQUESTS = 150  # 15 s of trace per run; 7 runs of a 4-split bundle fit in ~2 minutes
 BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s means
 WARMUP_REQUESTS = 10  # per variant; the first two (cold) do not count towards the rtt
-MAX_BUSY_RETRIES = 3
-OCTET_STREAM_HEADERS = {"content-type": "application/octet-stream"}
 
 
 
 class _RequestFailed(Exception):
     """A fixed-variant request got no usable answer; the message says why."""
-
-
-# -- the edge process ----------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
-                 start_timeout_s: float = 60.0) -> Iterator[str]:
-    """Run ``python -m splitpack.runtimes.edge`` on a free loopback port until the block ends.
-
-    Args:
-        bundle_path: The bundle folder or archive to serve.
-        max_inflight: The server's ``--max-inflight``; None for its default.
-        start_timeout_s: How long to wait for ``GET /health``.
-
-    Yields:
-        The server's base URL, ``http://127.0.0.1:PORT``.
-    """
-    port = _free_port()
-    command = [sys.executable, "-m", "splitpack.runtimes.edge", os.fspath(bundle_path),
-               "--host", "127.0.0.1", "--port", str(port)]
-    if max_inflight is not None:
-        command += ["--max-inflight", str(max_inflight)]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            deadline = time.monotonic() + start_timeout_s
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise InvalidConfigError(f"the edge server exited with status "
-                                             f"{process.returncode} before answering: "
-                                             f"{log.read().decode(errors='replace')[-1500:]}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise InvalidConfigError(f"the edge server did not answer {url}/health "
-                                             f"within {start_timeout_s:g} s")
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def model_input(manifest, pixels: np.ndarray) -> np.ndarray:
-    """uint8 pixels as the model takes them (normalized float32 unless it takes uint8)."""
-    return pixels if manifest.input.dtype == "uint8" else normalize_uint8(pixels, manifest.preprocessing)
 
 
 # -- one fixed variant, on the device runtime's path -----------------------------------------------
@@ -195,41 +132,51 @@ def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.nda
 
 # -- replaying a trace ----------------------------------------------------------------------------
 
-def _replay(device: DeviceRuntime | _FixedVariant, link: ShapedLink, inputs: np.ndarray,
-            expected: dict, *, requests: int, interval_s: float, start_offset_s: float,
-            max_run_s: float, observe: Callable[[], dict] | None = None) -> list[dict]:
-    """Give ``device`` the ``link`` and issue ``requests`` paced requests.
+def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthTrace,
+            inputs: np.ndarray, expected: dict, *, requests: int, interval_s: float,
+            start_offset_s: float, max_run_s: float,
+            observe: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
+    """Issue ``requests`` paced rounds; in each round every device answers request ``i``.
+
+    Every device gets its own :class:`ShapedLink` on ``trace``, all built at one moment, so
+    each device's request ``i`` meets the trace within the few milliseconds a round takes, on
+    the same machine state. The devices take turns one after another (never two requests at
+    once) in an order rotated by one each round, so none is always first after the pause.
 
     Returns:
-        One record per answered or failed request, with what ``observe`` returns just before
-        each request (the runtime's view of the conditions).
+        Per device, one record per answered or failed request, with what ``observe[name]``
+        returns just before each request (the adaptive runtime's view of the conditions).
     """
-    records: list[dict] = []
-    device.link = link
-    started = time.monotonic()  # the link was built just now: trace time = offset + elapsed
+    names = list(devices)
+    links = {name: ShapedLink(trace, start_offset_s=start_offset_s) for name in names}
+    for name, device in devices.items():
+        device.link = links[name]
+    records: dict[str, list[dict]] = {name: [] for name in names}
+    started = time.monotonic()  # the links were built just now: trace time = offset + elapsed
     for number in range(requests):
         wait = started + number * interval_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        elapsed = time.monotonic() - started
-        if elapsed > max_run_s:
+        if time.monotonic() - started > max_run_s:
             break  # the rest are reported as skipped (and lost)
-        index = number % len(inputs)
-        record = {"t_s": round(elapsed, 4), "trace_s": round(start_offset_s + elapsed, 4),
-                  "mbps": round(link.current_mbps(BANDWIDTH_WINDOW_S), 4), "sample": index,
-                  **(observe() if observe is not None else {})}
-        try:
-            result = device.infer(inputs[index])
-        except (_RequestFailed, SplitpackError, httpx.HTTPError) as failure:
-            records.append({**record, "error": f"{type(failure).__name__}: {failure}"[:300]})
-            continue
-        reference = expected[result.variant_id][index]
-        records.append({**record, "variant": result.variant_id, "mode": result.mode,
-                        "latency_ms": round(result.latency_ms, 4),
-                        "head_ms": round(result.head_ms, 4),
-                        "transfer_ms": round(result.transfer_ms, 4),
-                        "edge_ms": round(result.edge_ms, 4), "fallback": result.fallback,
-                        "argmax_agrees": bool(np.argmax(result.output) == np.argmax(reference))})
+        index, turn = number % len(inputs), number % len(names)
+        for name in names[turn:] + names[:turn]:
+            elapsed = time.monotonic() - started
+            record = {"t_s": round(elapsed, 4), "trace_s": round(start_offset_s + elapsed, 4),
+                      "mbps": round(links[name].current_mbps(BANDWIDTH_WINDOW_S), 4),
+                      "sample": index, **(observe[name]() if name in observe else {})}
+            try:
+                result = devices[name].infer(inputs[index])
+            except (_RequestFailed, SplitpackError, httpx.HTTPError) as failure:
+                records[name].append({**record, "error": f"{type(failure).__name__}: {failure}"[:300]})
+                continue
+            reference = expected[result.variant_id][index]
+            records[name].append({
+                **record, "variant": result.variant_id, "mode": result.mode,
+                "latency_ms": round(result.latency_ms, 4), "head_ms": round(result.head_ms, 4),
+                "transfer_ms": round(result.transfer_ms, 4), "edge_ms": round(result.edge_ms, 4),
+                "fallback": result.fallback,
+                "argmax_agrees": bool(np.argmax(result.output) == np.argmax(reference))})
     return records
 
 
@@ -237,10 +184,6 @@ def _conditions_seen(runtime: DeviceRuntime) -> dict:
     """What the adaptive runtime's selector will see for the next request."""
     return {"estimated_mbps": round(runtime.estimator.estimate_mbps(), 4),
             "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3)}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def _summarize(records: list[dict], requests: int, errors: int) -> dict:
@@ -280,19 +223,10 @@ def _trace_info(trace: BandwidthTrace, source: str, start_offset_s: float, span_
             "segment_mean_mbps": segment_bytes * 8 / 1e6 / span_s, "segment_mbps": curve}
 
 
-def host_info() -> dict:
-    """Where it ran, and how busy the machine was (other processes skew every timing)."""
-    import onnxruntime
-
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__,
-            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
-
-
 def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLike[str] | BandwidthTrace,
                           *, requests: int = DEFAULT_REQUESTS, interval_s: float = DEFAULT_INTERVAL_S,
                           start_offset_s: float = 0.0, device_slowdown: float | None = None,
+                          threads: int | None = DEFAULT_THREADS,
                           out_json: str | os.PathLike[str] | None = None,
                           out_png: str | os.PathLike[str] | None = None) -> dict:
     """Replay ``trace`` against a real edge process: adaptive runtime and every fixed choice.
@@ -305,6 +239,13 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         start_offset_s: The trace time at which every run starts.
         device_slowdown: Stretch device compute to this many times what it takes here; None
             for the bundle's ``profiles.device_slowdown`` (1 if it has none).
+        threads: Threads of every head and tail session (None: ONNX Runtime's choice). One by
+            default: device and edge share this host, and a multi-threaded session's workers
+            keep spinning after each run, so one side's idle threads were timed as the other
+            side's compute, and the device's share then stretched ``device_slowdown`` times:
+            on a 2-core host, in one interleaved run with ONNX Runtime's default threads, the
+            adaptive runtime's ``local`` requests took 3.4 ms (median) and the local-only
+            method's 4.1 ms, the same head; with one thread each, 3.0 and 2.9 ms.
         out_json, out_png: Where to write the result and its plot (optional).
 
     Returns:
@@ -333,27 +274,25 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     if inputs.dtype != np.uint8:
         raise InvalidConfigError(f"bundle {opened.root}: samples are {inputs.dtype}; the "
                                  "benchmark replays uint8 pixels (recompile with image samples)")
-    heads = {v.id: load_backend(opened, v) for v in manifest.variants if v.kind in ("split", "local")}
+    heads = {v.id: load_backend(opened, v, threads=threads)
+             for v in manifest.variants if v.kind in ("split", "local")}
     split_ids = [v.id for v in manifest.variants if v.kind == "split"]
     local_id = next(v.id for v in manifest.variants if v.kind == "local")
     edge_id = next(v.id for v in manifest.variants if v.kind == "edge")
     fixed_ids = [*split_ids, local_id, edge_id]
     with ExitStack() as stack:
-        url = stack.enter_context(edge_process(opened.root))
+        url = stack.enter_context(edge_process(opened.root, threads=threads))
         fixed = {vid: _FixedVariant(opened, vid, heads, stack.enter_context(
             httpx.Client(base_url=url, timeout=10.0)), None, device_slowdown) for vid in fixed_ids}
         rtt_ms = _warm_up(fixed, inputs)
         runtime = stack.enter_context(DeviceRuntime(opened, url, device_slowdown=device_slowdown,
-                                                    rtt_ms=rtt_ms))
+                                                    rtt_ms=rtt_ms, threads=threads))
         for head in runtime.heads.values():  # a head's first run is slow; not the device's state
             head.run(model_input(manifest, inputs[:1]))
-        logs = {}
-        for name, device in {"adaptive": runtime, **fixed}.items():  # one run after another
-            observe = (lambda: _conditions_seen(runtime)) if name == "adaptive" else None
-            logs[name] = _replay(device, ShapedLink(replayed, start_offset_s=start_offset_s),
-                                 inputs, expected, requests=requests, interval_s=interval_s,
-                                 start_offset_s=start_offset_s, observe=observe,
-                                 max_run_s=2 * requests * interval_s + 30.0)
+        logs = _replay({"adaptive": runtime, **fixed}, replayed, inputs, expected,
+                       requests=requests, interval_s=interval_s, start_offset_s=start_offset_s,
+                       observe={"adaptive": lambda: _conditions_seen(runtime)},
+                       max_run_s=3 * requests * interval_s + 30.0)
         stats = runtime.stats
     lost_exceptions = sum("error" in r for r in logs["adaptive"])
     runs = {"adaptive": {
@@ -366,22 +305,26 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     host["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["host"] = host
     result.update(trace=_trace_info(replayed, source, start_offset_s, max(requests * interval_s, 1e-3)),
-                  device_slowdown=device_slowdown, rtt_ms=rtt_ms, bundle={
+                  device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads, bundle={
                       "path": os.fspath(opened.root), "model_id": manifest.model_id,
                       "bundle_id": manifest.bundle_id,
                       "profiles_device_slowdown": manifest.profiles.get("device_slowdown"),
                       "variants": {v.id: {"kind": v.kind, "payload_bytes": v.payload_bytes,
                                           "accuracy": v.accuracy} for v in manifest.variants}},
                   pacing={"interval_s": interval_s, "requests": requests,
-                          "rule": "request i is issued i * interval_s after its run starts, or "
-                                  "when request i-1 returns if later; one request at a time",
-                          "runs": "one after another (adaptive, each split variant, local, "
-                                  "edge), each over a fresh ShapedLink at start_offset_s"})
+                          "rule": "round i starts i * interval_s after the benchmark starts, "
+                                  "or when round i-1 ends if later; in a round every method "
+                                  "answers request i, one request at a time",
+                          "runs": "interleaved: adaptive, each split variant, local and edge "
+                                  "take turns in an order rotated each round, each over its "
+                                  "own ShapedLink on the trace from start_offset_s"})
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
     if out_png is not None:
-        plot_runtime(result, out_png)
+        from splitpack.plots import plot_runtime
+
+        plot_runtime(result, out_png, window_s=BANDWIDTH_WINDOW_S)
     return result
 
 
@@ -426,50 +369,6 @@ def _runtime_result(runs: dict, logs: dict, stats: dict, split_ids: list[str],
     }
 
 
-# -- plot ----------------------------------------------------------------------------------------
-
-def plot_runtime(result: dict, path: str | os.PathLike[str]) -> None:
-    """Bandwidth, chosen variant and latency over time (three stacked axes) of a runtime result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    log = result["log"]
-    times = np.array([r["t_s"] for r in log])
-    figure, (bandwidth, variant, latency) = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
-                                                         gridspec_kw={"height_ratios": [1, 1, 1.4]})
-    curve = np.array(result["trace"]["segment_mbps"])
-    bandwidth.plot(curve[:, 0], curve[:, 1], "-", color="tab:blue", lw=1)
-    bandwidth.set_ylabel(f"uplink Mbit/s\n({BANDWIDTH_WINDOW_S:g} s mean)")
-    bandwidth.set_title(f"{Path(result['trace']['path']).name} from {result['trace']['start_offset_s']:g} s;"
-                        f" device slowdown {result['device_slowdown']:g}x")
-    ids = list(result["bundle"]["variants"])
-    chosen = [r.get("variant") for r in log]
-    answered = [i for i, v in enumerate(chosen) if v is not None]
-    variant.scatter(times[answered], [ids.index(chosen[i]) for i in answered], s=8, color="tab:green")
-    variant.set_yticks(range(len(ids)), ids, fontsize=7)
-    variant.set_ylabel("adaptive variant")
-    medians = result["median_latency_ms"]
-    latency.plot(times[answered], [log[i]["latency_ms"] for i in answered], ".", ms=4,
-                 color="tab:red", label=f"adaptive (median {medians['adaptive']:.3g} ms)")
-    for name, style in (("best_static", "tab:gray"), ("edge", "tab:purple"), ("local", "tab:orange")):
-        vid = result["best_static_variant"] if name == "best_static" else name
-        if vid not in result["fixed_log"] or medians[name] is None:
-            continue
-        series = np.array([[t, np.nan if ms is None else ms] for t, ms in result["fixed_log"][vid]])
-        latency.plot(series[:, 0], series[:, 1], "-", lw=0.7, alpha=0.6, color=style,
-                     label=f"{name} {vid} (median {medians[name]:.3g} ms)")
-    latency.set_yscale("log")
-    latency.set_ylabel("latency ms")
-    latency.set_xlabel("seconds since the run started")
-    latency.legend(fontsize=7)
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 # -- command line --------------------------------------------------------------------------------
 
 def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -490,6 +389,9 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
                          help="trace time (s) at which each run starts (default 0)")
     runtime.add_argument("--device-slowdown", type=float,
                          help="device compute x this (default: the bundle's profiles.device_slowdown)")
+    runtime.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                         help=f"threads of every head and tail session (default {DEFAULT_THREADS}; "
+                         "0 for ONNX Runtime's choice)")
     runtime.add_argument("--out", required=True, help="runtime JSON to write")
     runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
     runtime.set_defaults(handler=_cmd_bench_runtime)
@@ -503,7 +405,8 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
 def _cmd_bench_runtime(args: argparse.Namespace) -> int:
     result = run_runtime_benchmark(args.bundle, args.trace, requests=args.requests,
                                    interval_s=args.interval, start_offset_s=args.start_offset,
-                                   device_slowdown=args.device_slowdown, out_json=args.out,
+                                   device_slowdown=args.device_slowdown,
+                                   threads=args.threads or None, out_json=args.out,
                                    out_png=args.plot)
     medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
                         if ms is not None)

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import load_backend, normalize_uint8, wire_bundle_id
+from splitpack.runtimes.bench_support import OCTET_STREAM_HEADERS, free_port
 from splitpack.runtimes.wire import decode_payload, encode_payload
 
 __all__ = ["SERVE_FORMAT", "ENGINES", "run_serve_benchmark", "add_bench_serve_command"]
@@ -52,19 +52,12 @@ START_TIMEOUT_S = {"local": 60.0, "ray": 240.0}  # a Ray cluster takes tens of s
 STOP_TIMEOUT_S = 60.0
 BARRIER_TIMEOUT_S = 300.0  # every client warmed up; a lost client breaks it instead of hanging
 ATOL = 1e-4
-_OCTET_STREAM = {"content-type": "application/octet-stream"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
 def _server(engine: str, bundle_root: Path, replicas: int, max_inflight: int) -> Iterator[str]:
     """One engine's server process on a free loopback port; stopped with SIGTERM (graceful)."""
-    port = _free_port()
+    port = free_port()
     module = {"local": "splitpack.runtimes.edge", "ray": "splitpack.runtimes.ray_serve"}[engine]
     command = [sys.executable, "-m", module, str(bundle_root), "--host", "127.0.0.1",
                "--port", str(port), "--max-inflight", str(max_inflight)]
@@ -129,7 +122,7 @@ def _payloads(bundle: Bundle, variant_id: str | None) -> tuple[dict, list[bytes]
 def _client(url: str, payloads: list[bytes], expected: list[np.ndarray], first: int,
             requests: int, warmup: int, start: threading.Barrier, records: list) -> None:
     """One client: ``warmup`` untimed requests, then ``requests`` timed ones into ``records``."""
-    with httpx.Client(base_url=url, timeout=30.0, headers=_OCTET_STREAM) as client:
+    with httpx.Client(base_url=url, timeout=30.0, headers=OCTET_STREAM_HEADERS) as client:
         for i in range(warmup):
             try:
                 client.post("/v1/infer", content=payloads[(first + i) % len(payloads)])

@@ -36,6 +36,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token that requests must carry")
     parser.add_argument("--max-inflight", type=int, default=8,
                         help="requests handled at once; more get 503 (default: 8)")
+    parser.add_argument("--threads", type=int,
+                        help="threads of each tail's ONNX Runtime session (default: its choice)")
 
 
 def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +67,8 @@ def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--backend", choices=BACKEND_KINDS, default="onnxruntime",
                      help="runtime of the heads (default: onnxruntime)")
     run.add_argument("--token", help="bearer token the edge requires")
+    run.add_argument("--threads", type=int,
+                     help="threads of each head's session (default: the runtime's choice)")
     run.set_defaults(handler=cmd_run)
 
     add_triton_command(subparsers)
@@ -95,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
         serve_ray(args.bundle, host=args.host, port=args.port, replicas=replicas,
-                  token=args.token, max_inflight=args.max_inflight)
+                  token=args.token, max_inflight=args.max_inflight, threads=args.threads)
         return 0
     if args.replicas is not None:
         raise InvalidConfigError(f"--replicas {args.replicas}: only the ray engine has replicas; "
@@ -103,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from splitpack.runtimes.edge import serve
 
     serve(args.bundle, host=args.host, port=args.port, token=args.token,
-          max_inflight=args.max_inflight)
+          max_inflight=args.max_inflight, threads=args.threads)
     return 0
 
 
@@ -150,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = load_inputs(args.input, len(bundle.manifest.input.shape) - 1)
     link = ShapedLink(load_trace(args.trace)) if args.trace else None
     modes: Counter[str] = Counter()
-    with DeviceRuntime(bundle, args.edge, backend=args.backend, token=args.token, link=link,
+    with DeviceRuntime(bundle, args.edge, backend=args.backend, threads=args.threads,
+                       token=args.token, link=link,
                        device_slowdown=args.device_slowdown) as runtime:
         for index, sample in enumerate(inputs):
             result = runtime.infer(sample)

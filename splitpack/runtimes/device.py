@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import httpx
@@ -49,6 +49,11 @@ from splitpack.runtimes.wire import decode_payload, encode_payload
 __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 
 LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
+# The edge variant's uploads are zlib-compressed pixels, whose size depends on the image; the
+# manifest states the uncompressed size. The bytes really sent (EWMA, one-sample requests) take
+# its place once they differ from it by more than this fraction.
+PAYLOAD_SMOOTHING = 0.2
+PAYLOAD_TOLERANCE = 0.1
 MAX_ERRORS_KEPT = 100
 _OCTET_STREAM = "application/octet-stream"
 
@@ -109,6 +114,8 @@ class DeviceRuntime:
         bundle: A bundle folder or archive (verified on load) or a :class:`Bundle`.
         edge_url: Base URL of the edge, e.g. ``http://127.0.0.1:8000``.
         backend: ``"onnxruntime"`` or ``"litert"`` for the heads.
+        threads: Threads of each head's session; default the runtime's choice. A device
+            answering one request at a time gains little from more than one for a small head.
         token: Bearer token the edge requires, if any.
         link: An emulated uplink; each payload is ``send`` through it before the HTTP request.
         device_slowdown: Emulate a device this many times slower than the host (stretch heads).
@@ -124,7 +131,8 @@ class DeviceRuntime:
     """
 
     def __init__(self, bundle: str | os.PathLike[str] | Bundle, edge_url: str, *,
-                 backend: str = "onnxruntime", token: str | None = None,
+                 backend: str = "onnxruntime", threads: int | None = None,
+                 token: str | None = None,
                  link: ShapedLink | None = None, device_slowdown: float = 1.0,
                  max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
                  probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
@@ -147,11 +155,12 @@ class DeviceRuntime:
         self.variants = {v.id: v for v in self.manifest.variants}
         self.local_id = next(v.id for v in self.manifest.variants if v.kind == "local")
         # Every head up front: a switch must never wait for a session to be created.
-        self.heads = {v.id: load_backend(self.bundle, v, backend)
+        self.heads = {v.id: load_backend(self.bundle, v, backend, threads=threads)
                       for v in self.manifest.variants if v.kind in ("split", "local")}
         self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
         self.selector = Selector(list(self.profiles.values()), Constraints(
             self.manifest.baseline_accuracy, max_accuracy_drop))
+        self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
         self.link = link
         # A small floor: an emulated link reports its exact delay (tens of microseconds for a
         # small payload on a fast link), which the default 1 ms floor would turn into a
@@ -318,10 +327,24 @@ class DeviceRuntime:
             0.0, http_s - edge_ms / 1e3 - self.rtt_ms / 1e3)
         self.estimator.observe(len(payload), uplink_s)
         self._last_sample = self._clock()
+        if batch_size == 1:
+            self._note_payload(variant_id, len(payload))
         profile = self.profiles[variant_id]
         self.edge_load = self._smooth(self.edge_load, edge_ms / batch_size,
                                       profile.decode_ms + profile.tail_ms, 1.0)
         return output, max(0.0, (link_s + http_s) * 1e3 - edge_ms), edge_ms
+
+    def _note_payload(self, variant_id: str, nbytes: int) -> None:
+        """Track what a one-sample request of ``variant_id`` really sends; when that drifts
+        from the profile's ``payload_bytes``, plan with it (a new selector: microseconds)."""
+        previous = self.sent_bytes.get(variant_id)
+        mean = nbytes if previous is None else (
+            (1.0 - PAYLOAD_SMOOTHING) * previous + PAYLOAD_SMOOTHING * nbytes)
+        self.sent_bytes[variant_id] = mean
+        profile = self.profiles[variant_id]
+        if abs(mean - profile.payload_bytes) > PAYLOAD_TOLERANCE * profile.payload_bytes:
+            self.profiles[variant_id] = replace(profile, payload_bytes=max(1, round(mean)))
+            self.selector = Selector(list(self.profiles.values()), self.selector.constraints)
 
     def _mark_down(self, reason: str) -> None:
         self.edge_up = False

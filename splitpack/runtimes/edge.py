@@ -419,17 +419,18 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
 
 def serve(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, max_inflight: int = 8,
-          max_batch: int = DEFAULT_MAX_BATCH) -> None:
+          max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None) -> None:
     """Serve a bundle with uvicorn until interrupted (binds loopback unless told otherwise).
 
     Args:
         bundle_path: A bundle folder or archive, or a :class:`Bundle`.
         host, port: Where to listen.
-        token, max_inflight, max_batch: As in :func:`create_app`.
+        token, max_inflight, max_batch, threads: As in :func:`create_app`.
     """
     import uvicorn
 
-    app = create_app(bundle_path, token=token, max_inflight=max_inflight, max_batch=max_batch)
+    app = create_app(bundle_path, token=token, max_inflight=max_inflight, max_batch=max_batch,
+                     threads=threads)
     server: EdgeServer = app.state.edge
     print(f"splitpack edge: serving {server.manifest.model_id!r} (bundle "
           f"{server.wire_bundle_id}, {len(server.tails)} tails on {server.provider}) at "
@@ -439,7 +440,7 @@ def serve(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1",
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m splitpack.runtimes.edge BUNDLE [--host H] [--port P] [--token T]
-    [--max-inflight N]``; returns the exit status."""
+    [--max-inflight N] [--threads N]``; returns the exit status."""
     from splitpack.runtimes.commands import add_serve_arguments
 
     parser = argparse.ArgumentParser(prog="python -m splitpack.runtimes.edge",
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve(args.bundle, host=args.host, port=args.port, token=args.token,
-              max_inflight=args.max_inflight)
+              max_inflight=args.max_inflight, threads=args.threads)
     except SplitpackError as exc:
         print(f"splitpack: error: {exc}", file=sys.stderr)
         return 2

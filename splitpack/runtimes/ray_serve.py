@@ -250,13 +250,14 @@ def ray_edge(bundle_path: str | os.PathLike[str] | Bundle, *, host: str = "127.0
 
 def serve_ray(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1",
               port: int = 8000, replicas: int = DEFAULT_REPLICAS, token: str | None = None,
-              max_inflight: int = 8, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+              max_inflight: int = 8, max_batch: int = DEFAULT_MAX_BATCH,
+              threads: int | None = None) -> None:
     """Serve a bundle on a local Ray cluster until Ctrl-C or SIGTERM, then stop it.
 
     Args:
         bundle_path: A bundle folder or archive, or a :class:`Bundle`.
         host, port: Where to listen (loopback unless told otherwise).
-        replicas, token, max_inflight, max_batch: As in :func:`build_app`.
+        replicas, token, max_inflight, max_batch, threads: As in :func:`build_app`.
     """
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through ray_edge, which shuts Serve and Ray down
@@ -264,7 +265,7 @@ def serve_ray(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         with ray_edge(bundle_path, host=host, port=port, replicas=replicas, token=token,
-                      max_inflight=max_inflight, max_batch=max_batch) as url:
+                      max_inflight=max_inflight, max_batch=max_batch, threads=threads) as url:
             print(f"splitpack edge (ray serve, {replicas} tail replicas): serving at {url}; "
                   "Ctrl-C to stop", file=sys.stderr, flush=True)
             while True:
@@ -277,7 +278,7 @@ def serve_ray(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m splitpack.runtimes.ray_serve BUNDLE [--host H] [--port P] [--token T]
-    [--max-inflight N] [--replicas R]``; returns the exit status."""
+    [--max-inflight N] [--threads N] [--replicas R]``; returns the exit status."""
     from splitpack.runtimes.commands import add_serve_arguments
 
     parser = argparse.ArgumentParser(prog="python -m splitpack.runtimes.ray_serve",
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve_ray(args.bundle, host=args.host, port=args.port, replicas=args.replicas,
-                  token=args.token, max_inflight=args.max_inflight)
+                  token=args.token, max_inflight=args.max_inflight, threads=args.threads)
     except SplitpackError as exc:
         print(f"splitpack: error: {exc}", file=sys.stderr)
         return 2

@@ -267,6 +267,27 @@ def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, sam
         assert runtime.infer(inputs[2]).mode != "local"  # the new estimate keeps it remote
 
 
+def test_planning_uses_the_bytes_really_sent(bundle, app, samples) -> None:
+    """Edge uploads are zlib-compressed: a blank image sends far fewer bytes than the
+    manifest's uncompressed size, and the selector plans with what was sent (EWMA)."""
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    declared = bundle.variant("edge").payload_bytes
+    with _runtime(bundle, edge, clock, device_slowdown=1000.0) as runtime:
+        blank = np.zeros_like(inputs[0])
+        assert runtime.infer(blank).variant_id == "edge"
+        sent = len(edge.bodies[-1])
+        assert sent < 0.9 * declared  # so the tolerance is exceeded
+        assert runtime.profiles["edge"].payload_bytes == sent
+        planned = next(p for p in runtime.selector.feasible if p.id == "edge")
+        assert planned.payload_bytes == sent
+        runtime.infer(inputs[1])
+        second = len(edge.bodies[-1])
+        assert runtime.sent_bytes["edge"] == pytest.approx(0.8 * sent + 0.2 * second)
+        runtime.infer(inputs[:2])  # a batch: not a one-sample size, not tracked
+        assert runtime.sent_bytes["edge"] == pytest.approx(0.8 * sent + 0.2 * second)
+
+
 @pytest.mark.parametrize("x, match", [
     (np.zeros((1, 16, 16), np.float64), r"found float64 \(1, 16, 16\)"),
     (np.zeros((16, 16), np.uint8), r"found uint8 \(16, 16\)"),

@@ -274,6 +274,6 @@ def test_serve_command_passes_its_options(bundle_path, monkeypatch) -> None:
     parser = argparse.ArgumentParser()
     commands.add_runtime_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", str(bundle_path), "--port", "9", "--max-inflight", "2",
-                              "--token", "t"])
+                              "--token", "t", "--threads", "1"])
     assert args.handler(args) == 0
-    assert seen == {"host": "127.0.0.1", "port": 9, "token": "t", "max_inflight": 2}
+    assert seen == {"host": "127.0.0.1", "port": 9, "token": "t", "max_inflight": 2, "threads": 1}

@@ -1,0 +1,103 @@
+"""What the runtime benchmarks share: a real edge server process on loopback, the host's
+description, the model's input from uint8 pixels, and percentiles.
+
+Imports what the runtimes import (numpy, httpx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import httpx
+import numpy as np
+
+from splitpack.errors import InvalidConfigError
+from splitpack.runtimes.backends import normalize_uint8
+
+__all__ = ["edge_process", "free_port", "host_info", "model_input", "percentile", "MAX_BUSY_RETRIES",
+           "OCTET_STREAM_HEADERS"]
+
+MAX_BUSY_RETRIES = 3
+OCTET_STREAM_HEADERS = {"content-type": "application/octet-stream"}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
+                 threads: int | None = None, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``python -m splitpack.runtimes.edge`` on a free loopback port until the block ends.
+
+    Args:
+        bundle_path: The bundle folder or archive to serve.
+        max_inflight: The server's ``--max-inflight``; None for its default.
+        threads: The server's ``--threads``; None for its default.
+        start_timeout_s: How long to wait for ``GET /health``.
+
+    Yields:
+        The server's base URL, ``http://127.0.0.1:PORT``.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "splitpack.runtimes.edge", os.fspath(bundle_path),
+               "--host", "127.0.0.1", "--port", str(port)]
+    if max_inflight is not None:
+        command += ["--max-inflight", str(max_inflight)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise InvalidConfigError(f"the edge server exited with status "
+                                             f"{process.returncode} before answering: "
+                                             f"{log.read().decode(errors='replace')[-1500:]}")
+                try:
+                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise InvalidConfigError(f"the edge server did not answer {url}/health "
+                                             f"within {start_timeout_s:g} s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def model_input(manifest, pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as the model takes them (normalized float32 unless it takes uint8)."""
+    return pixels if manifest.input.dtype == "uint8" else normalize_uint8(pixels, manifest.preprocessing)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def host_info() -> dict:
+    """Where it ran (:func:`splitpack.runtimes.profile.host_info`), and how busy the machine
+    was (other processes skew every timing)."""
+    from splitpack.runtimes.profile import host_info as machine_info
+
+    return {**machine_info(), "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
