@@ -16,9 +16,13 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    consulted again.
 
 The selector can only learn the uplink from remote requests, so while it prefers ``local`` with
-the edge up, one request per ``probe_interval_s`` is sent with the best remote variant instead
+the edge up, one request per exploration interval is sent with the best remote variant instead
 (``stats["explorations"]``): otherwise a runtime that once chose ``local`` on a bad link would
-never notice that the link recovered.
+never notice that the link recovered. The interval starts at ``probe_interval_s`` and doubles
+after each exploration that leaves ``local`` preferred, up to ``MAX_EXPLORE_BACKOFF`` times
+``probe_interval_s``; it is back at ``probe_interval_s`` as soon as a remote variant is chosen.
+Each exploration is a request answered late when the edge is the worse choice, so a link that
+stays bad is explored less and less often (but never less than once per 8 intervals).
 
 Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, standard library.
 """
@@ -53,6 +57,7 @@ LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
 # manifest states the uncompressed size. The bytes really sent (EWMA, one-sample requests) take
 # its place once they differ from it by more than this fraction.
 PAYLOAD_SMOOTHING = 0.2
+MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
 PAYLOAD_TOLERANCE = 0.1
 MAX_ERRORS_KEPT = 100
 _OCTET_STREAM = "application/octet-stream"
@@ -122,8 +127,8 @@ class DeviceRuntime:
         max_accuracy_drop: Accuracy points a variant may lose against the baseline.
         hysteresis: Fraction by which a new variant must beat the current one to switch.
         timeout_s: HTTP timeout of each request and probe.
-        probe_interval_s: Least time between health probes while the edge is down (and between
-            explorations while ``local`` is preferred).
+        probe_interval_s: Least time between health probes while the edge is down, and the
+            first interval between explorations while ``local`` is preferred (see above).
         rtt_ms: Round trip to the edge assumed by the latency model.
         initial_uplink_mbps: Uplink estimate before the first transfer.
         clock: Monotonic seconds, for probe scheduling; injectable for tests.
@@ -173,6 +178,7 @@ class DeviceRuntime:
                                     transport=transport)
         self.edge_up = True
         self._last_probe = self._last_sample = clock()
+        self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.current_variant = self.selector.select(self.conditions()).id
         self._in_use: str | None = None
         self.active_head = None
@@ -225,10 +231,16 @@ class DeviceRuntime:
         plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
                                                     self.hysteresis)
         self.current_variant = plan.id
-        if plan.profile.kind == "local" and now - self._last_sample >= self.probe_interval_s:
+        if plan.profile.kind != "local":
+            self.explore_interval_s = self.probe_interval_s
+        elif self._just_explored:  # the last exploration left local preferred: back off
+            self.explore_interval_s = min(2.0 * self.explore_interval_s,
+                                          MAX_EXPLORE_BACKOFF * self.probe_interval_s)
+        self._just_explored = False
+        if plan.profile.kind == "local" and now - self._last_sample >= self.explore_interval_s:
             remote = [p for p in self.selector.feasible if p.kind != "local"]
             if remote:  # explore: refresh the uplink estimate with one remote request
-                self._last_sample = now
+                self._last_sample, self._just_explored = now, True
                 self.stats["explorations"] += 1
                 return min(remote, key=lambda p: plan_latency_ms(p, conditions)).id, False
         return plan.id, False

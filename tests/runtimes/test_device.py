@@ -267,6 +267,23 @@ def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, sam
         assert runtime.infer(inputs[2]).mode != "local"  # the new estimate keeps it remote
 
 
+def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) -> None:
+    """A 10 s assumed round trip keeps every remote plan worse than local: explorations come
+    after 1, 2, 4, 8, 8 s (doubling, capped at 8 probe intervals), not every second."""
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock) as runtime:
+        runtime.rtt_ms = 10_000.0
+        explored_at = []
+        for second in range(40):
+            if runtime.infer(inputs[second % len(inputs)]).mode != "local":
+                explored_at.append(second)
+            clock.now += 1.0
+        assert explored_at == [1, 3, 7, 15, 23, 31, 39]
+        assert runtime.stats["explorations"] == 7
+        assert runtime.explore_interval_s == 8.0
+
+
 def test_planning_uses_the_bytes_really_sent(bundle, app, samples) -> None:
     """Edge uploads are zlib-compressed: a blank image sends far fewer bytes than the
     manifest's uncompressed size, and the selector plans with what was sent (EWMA)."""
