@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
-from splitpack.packaging.bundle import Bundle, read_bundle
+from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
 from splitpack.predictors.selector import Constraints, Selector
 from splitpack.runtimes.backends import (
@@ -54,11 +54,12 @@ __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 
 LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
 # The edge variant's uploads are zlib-compressed pixels, whose size depends on the image; the
-# manifest states the uncompressed size. The bytes really sent (EWMA, one-sample requests) take
-# its place once they differ from it by more than this fraction.
+# manifest states the uncompressed size. The bundle's samples give a first size, and the bytes
+# really sent (EWMA, one-sample requests) take the place of the planned size once they differ
+# from it by more than this fraction.
 PAYLOAD_SMOOTHING = 0.2
-MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
 PAYLOAD_TOLERANCE = 0.1
+MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
 MAX_ERRORS_KEPT = 100
 _OCTET_STREAM = "application/octet-stream"
 
@@ -166,11 +167,13 @@ class DeviceRuntime:
         self.selector = Selector(list(self.profiles.values()), Constraints(
             self.manifest.baseline_accuracy, max_accuracy_drop))
         self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
+        self._seed_edge_payload()
         self.link = link
         # A small floor: an emulated link reports its exact delay (tens of microseconds for a
         # small payload on a fast link), which the default 1 ms floor would turn into a
         # many-fold underestimate, and a switch to large payloads would never happen.
-        self.estimator = BandwidthEstimator(initial_uplink_mbps, min_seconds=1e-5)
+        self.estimator = BandwidthEstimator(initial_uplink_mbps, min_seconds=1e-5,
+                                            statistic="median")
         self.device_load = self.edge_load = 1.0
         self._clock = clock
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -345,6 +348,20 @@ class DeviceRuntime:
         self.edge_load = self._smooth(self.edge_load, edge_ms / batch_size,
                                       profile.decode_ms + profile.tail_ms, 1.0)
         return output, max(0.0, (link_s + http_s) * 1e3 - edge_ms), edge_ms
+
+    def _seed_edge_payload(self) -> None:
+        """Plan ``edge`` uploads at the mean size of the bundle's own sample images as they
+        would be sent (zlib): the manifest states the uncompressed size, and a runtime that
+        never sends raw input because of that size would never learn the real one."""
+        edge_id = next((v.id for v in self.manifest.variants if v.kind == "edge"), None)
+        if edge_id is None or self.manifest.samples is None:
+            return
+        inputs, _ = read_samples(self.bundle)
+        if inputs.dtype != np.uint8:
+            return  # not pixels: the uncompressed size stands
+        sizes = [len(self._payload(edge_id, inputs[i:i + 1])[0]) for i in range(len(inputs))]
+        if sizes:
+            self._note_payload(edge_id, round(sum(sizes) / len(sizes)))
 
     def _note_payload(self, variant_id: str, nbytes: int) -> None:
         """Track what a one-sample request of ``variant_id`` really sends; when that drifts

@@ -362,26 +362,41 @@ class ShapedLink:
         return self.trace.mbps_at(self._now() + self._offset, window_s)
 
 
+ESTIMATOR_STATISTICS = ("harmonic", "median")
+
+
 class BandwidthEstimator:
     """Estimates the uplink's Mbit/s from the device's own transfers.
 
-    The estimate is the harmonic mean of the last ``window`` throughput samples, as in video
-    rate adaptation (FESTIVE, MPC), rather than an EWMA: it leans to the slow samples, so the
-    selector errs towards smaller payloads rather than missed deadlines, and one absurdly fast
-    sample (a small write done within a coarse clock tick) raises it by at most a factor
-    ``window / (window - 1)`` (window >= 2) instead of dominating it.
+    The estimate summarizes the last ``window`` throughput samples, rather than an EWMA:
+
+    * ``"harmonic"`` (the default): their harmonic mean, as in video rate adaptation
+      (FESTIVE, MPC). It leans to the slow samples, so a selector errs towards smaller
+      payloads rather than missed deadlines, and one absurdly fast sample (a small write done
+      within a coarse clock tick) raises it by at most ``window / (window - 1)``. One stall,
+      though, holds it down until ``window`` newer samples have come.
+    * ``"median"``: their median (the mean of the middle two for an even count), which one
+      sample can move neither way once there are three. The device runtime uses it: its
+      samples are single small requests, whose time on a cellular link is mostly the wait
+      for a transmission opportunity, heavy-tailed, and they come seconds apart while it
+      prefers ``local`` (benchmarks/README.md shows the case).
 
     Args:
         initial_mbps: the estimate before any sample (> 0).
         window: how many recent samples count (>= 1).
         min_seconds: shorter durations (0 from a coarse clock) count as this long.
+        statistic: ``"harmonic"`` or ``"median"``.
     """
 
     def __init__(self, initial_mbps: float = 1.0, *, window: int = 5,
-                 min_seconds: float = 1e-3) -> None:
+                 min_seconds: float = 1e-3, statistic: str = "harmonic") -> None:
         self.initial_mbps = _number(initial_mbps, "initial_mbps", positive=True)
         if not (isinstance(window, int) and window >= 1):
             raise InvalidConfigError(f"window: found {window!r}; expected an integer >= 1")
+        if statistic not in ESTIMATOR_STATISTICS:
+            raise InvalidConfigError(f"statistic: found {statistic!r}; expected one of "
+                                     f"{', '.join(ESTIMATOR_STATISTICS)}")
+        self.statistic = statistic
         self.min_seconds = _number(min_seconds, "min_seconds", positive=True)
         self._samples: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
@@ -404,4 +419,6 @@ class BandwidthEstimator:
         with self._lock:
             if not self._samples:
                 return self.initial_mbps
+            if self.statistic == "median":
+                return float(np.median(self._samples))
             return len(self._samples) / sum(1.0 / sample for sample in self._samples)

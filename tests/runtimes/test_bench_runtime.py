@@ -51,7 +51,7 @@ def test_runtime_benchmark_writes_every_key(runtime_result, split_ids) -> None:
 
 def test_runtime_benchmark_loses_nothing_and_adapts(runtime_result) -> None:
     result, _ = runtime_result
-    assert (result["errors"], result["lost"]) == (0, 0), result["runs"]
+    assert (result["errors"], result["lost"], result["skipped"]) == (0, 0, 0), result["runs"]
     log = result["log"]
     assert len(log) == 40 and all("latency_ms" in record for record in log)
     assert all(record["argmax_agrees"] for record in log)

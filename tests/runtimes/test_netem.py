@@ -179,6 +179,7 @@ BAD_CALLS = [
     (lambda: constant_trace(1.0).bytes_between(2.0, 1.0), "t1 >= t0"),
     (lambda: ShapedLink(constant_trace(1.0), start_offset_s=-1.0), "start_offset_s"),
     (lambda: BandwidthEstimator(0.0), "initial_mbps"),
+    (lambda: BandwidthEstimator(statistic="mean"), "statistic: found 'mean'; expected one of harmonic, median"),
     (lambda: BandwidthEstimator(window=0), "window"),
     (lambda: BandwidthEstimator().observe(100, -0.5), "seconds: found -0.5"),
     (lambda: BandwidthEstimator().observe(100, float("nan")), "seconds"),
@@ -341,6 +342,22 @@ def test_estimator_is_harmonic_and_windowed():
     assert estimator.estimate_mbps() == pytest.approx(2 / (1 / 8 + 1 / 2))  # 3.2, not 5
     estimator.observe(1_000_000, 4.0)  # the 8 Mbit/s sample leaves the window
     assert estimator.estimate_mbps() == pytest.approx(2.0)
+
+
+def test_median_estimator_is_not_held_down_by_one_stall():
+    harmonic, median = BandwidthEstimator(window=5), BandwidthEstimator(window=5, statistic="median")
+    for estimator in (harmonic, median):
+        estimator.observe(1_600, 0.043)  # a stall: 0.3 Mbit/s
+        for _ in range(2):
+            estimator.observe(1_600, 0.0064)  # 2 Mbit/s
+    assert median.estimate_mbps() == pytest.approx(2.0)
+    assert harmonic.estimate_mbps() == pytest.approx(3 / (1 / 0.2977 + 2 / 2.0), rel=1e-3)  # 0.74
+    median.observe(1_600, 0.0032)  # 4 Mbit/s: an even count takes the middle two's mean
+    assert median.estimate_mbps() == pytest.approx(2.0)
+    median.observe(1_600, 0.0032)
+    assert median.estimate_mbps() == pytest.approx(2.0)  # 0.3, 2, 2, 4, 4
+    median.observe(1_600, 0.0032)  # the stall leaves the window: 2, 2, 4, 4, 4
+    assert median.estimate_mbps() == pytest.approx(4.0)
 
 
 def test_estimator_zero_seconds_is_bounded():

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-4
 LOW_MBPS, HIGH_MBPS = 0.05, 50.0
-CLI_START_S, CLI_STOP_S = 150.0, 60.0
+CLI_START_S, CLI_STOP_S = 150.0, 180.0  # Ray starts and stops slowly on a loaded 2-core host
 
 
 @pytest.fixture(scope="module")
