@@ -13,6 +13,9 @@ For every tail (split variants and ``edge``), on the bundle's sample inputs:
    payloads go through the device runtime's wire path, and each answer is compared with the
    expected outputs.
 
+The direct CUDA sessions use ONNX Runtime's own CUDA defaults (TensorFloat-32 on Ampere and
+later) unless ``--no-tf32``; the served edge uses splitpack's default, full float32.
+
 Exits 1 with a message when ONNX Runtime offers no CUDA provider or a session falls back to CPU: a GPU check
 that silently ran on the CPU would prove nothing. Needs numpy, onnxruntime-gpu, fastapi and
 uvicorn; not torch. The results of the run that was made are in ``benchmarks/README.md``.
@@ -141,7 +144,11 @@ def served(bundle_path: str, bundle, inputs, expected) -> dict:
         return report
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
 
 
 def main() -> int:

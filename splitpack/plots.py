@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_grid", "plot_selector"]
+__all__ = ["plot_grid", "plot_selector", "plot_runtime"]
 
 # Colour and line style of each strategy of a selector report, in the order the benchmark lists
 # them: oracle, adaptive bundle, static best, Neurosurgeon, local only, edge only.

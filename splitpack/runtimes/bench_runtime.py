@@ -52,10 +52,10 @@ __all__ = ["run_runtime_benchmark", "add_bench_runtime_commands"]
 RUNTIME_FORMAT = "splitpack-bench-runtime/1"
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_THREADS = 1  # per session; see run_runtime_benchmark
-DEFAULT_REQUESTS = 150  # 15 s of trace per run; 7 runs of a 4-split bundle fit in ~2 minutes
+DEFAULT_REQUESTS = 150  # 15 s of trace at the 100 ms pace (longer when rounds slip)
 BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s means
 # A safety stop, not a pace: a round takes every method's latency, which on a slow link and a
-# slow device is several times interval_s (4 times on TMobile with a 50x device).
+# slow device is several times interval_s (about 6 times on TMobile with a 50x device).
 MAX_RUN_FACTOR = 20
 WARMUP_REQUESTS = 10  # per variant; the first two (cold) do not count towards the rtt
 
@@ -142,8 +142,8 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     """Issue ``requests`` paced rounds; in each round every device answers request ``i``.
 
     Every device gets its own :class:`ShapedLink` on ``trace``, all built at one moment, so
-    each device's request ``i`` meets the trace within the few milliseconds a round takes, on
-    the same machine state. The devices take turns one after another (never two requests at
+    each device's request ``i`` meets the trace within the time a round takes (milliseconds for
+    the digits bundle, up to about half a second for slow methods), on the same machine state. The devices take turns one after another (never two requests at
     once) in an order rotated by one each round, so none is always first after the pause.
 
     Returns:
@@ -398,8 +398,7 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
     runtime.add_argument("--device-slowdown", type=float,
                          help="device compute x this (default: the bundle's profiles.device_slowdown)")
     runtime.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                         help=f"threads of every head and tail session (default {DEFAULT_THREADS}; "
-                         "0 for ONNX Runtime's choice)")
+                         help=f"threads of every head and tail session (default {DEFAULT_THREADS})")
     runtime.add_argument("--out", required=True, help="runtime JSON to write")
     runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
     runtime.set_defaults(handler=_cmd_bench_runtime)
@@ -414,7 +413,7 @@ def _cmd_bench_runtime(args: argparse.Namespace) -> int:
     result = run_runtime_benchmark(args.bundle, args.trace, requests=args.requests,
                                    interval_s=args.interval, start_offset_s=args.start_offset,
                                    device_slowdown=args.device_slowdown,
-                                   threads=args.threads or None, out_json=args.out,
+                                   threads=args.threads, out_json=args.out,
                                    out_png=args.plot)
     medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
                         if ms is not None)

@@ -155,6 +155,10 @@ class DeviceRuntime:
             raise InvalidConfigError(f"hysteresis: found {hysteresis!r}; expected a fraction "
                                      "in [0, 1)")
         self.hysteresis = float(hysteresis)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise InvalidConfigError(f"threads: found {threads!r}; expected an int >= 1, or "
+                                     "None for the runtime's choice")
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         self.manifest = self.bundle.manifest
         self.wire_bundle_id = wire_bundle_id(self.manifest)
@@ -378,6 +382,8 @@ class DeviceRuntime:
     def _mark_down(self, reason: str) -> None:
         self.edge_up = False
         self._last_probe = self._clock()
+        # A failed request measured nothing: once the edge is back, explore at the first pace.
+        self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.stats["fallbacks"] += 1
         self.stats["errors"].append(reason)
         del self.stats["errors"][:-MAX_ERRORS_KEPT]

@@ -227,14 +227,16 @@ def ray_edge(bundle_path: str | os.PathLike[str] | Bundle, *, host: str = "127.0
         needed = math.ceil(replicas * replica_cpus + INGRESS_CPUS)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         in_main_thread = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+        handlers = ({sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+                    if in_main_thread else {})
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                  num_cpus=num_cpus or max(os.cpu_count() or 1, needed), log_to_driver=False,
                  logging_level="warning")
-        if sigterm is not None:
-            # ray.init makes SIGTERM abort the driver, which leaves Ray's agent processes
-            # running; the caller's handler (serve_ray's unwinds through the finally below) stays.
-            signal.signal(signal.SIGTERM, sigterm)
+        # ray.init makes SIGTERM abort the driver, which leaves Ray's agent processes running;
+        # the caller's handlers (serve_ray's unwind through the finally below) stay.
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     try:
         serve.start(http_options={"host": host, "port": port},
                     logging_config={"enable_access_log": False, "log_level": "WARNING"})
@@ -262,7 +264,10 @@ def serve_ray(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through ray_edge, which shuts Serve and Ray down
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then leaves it ignored, so Ctrl-C (or a supervisor's
+    # SIGINT) would never stop the server; the test suite run with `make test &` hung on this.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with ray_edge(bundle_path, host=host, port=port, replicas=replicas, token=token,
                       max_inflight=max_inflight, max_batch=max_batch, threads=threads) as url:
@@ -273,7 +278,8 @@ def serve_ray(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

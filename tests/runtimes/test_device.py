@@ -282,6 +282,25 @@ def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) 
         assert explored_at == [1, 3, 7, 15, 23, 31, 39]
         assert runtime.stats["explorations"] == 7
         assert runtime.explore_interval_s == 8.0
+        clock.now += 8.0
+        runtime.rtt_ms = 1.0  # the edge is the better plan again: the exploration finds it
+        assert runtime.infer(inputs[0]).mode != "local"
+        assert runtime.infer(inputs[1]).mode != "local" and runtime.explore_interval_s == 1.0
+
+
+def test_a_failed_exploration_does_not_count_as_a_measurement(bundle, app, samples) -> None:
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock) as runtime:
+        runtime.rtt_ms = 10_000.0
+        for _ in range(5):  # explorations at 1 and 3 s: the interval is 4 s from 4 s on
+            runtime.infer(inputs[0])
+            clock.now += 1.0
+        assert runtime.explore_interval_s == 4.0
+        clock.now += 4.0
+        edge.failure = "refuse"
+        assert runtime.infer(inputs[0]).fallback  # the exploration failed: answered locally
+        assert (runtime.edge_up, runtime.explore_interval_s) == (False, 1.0)
 
 
 def test_planning_uses_the_bytes_really_sent(bundle, app, samples) -> None:
@@ -305,8 +324,9 @@ def test_planning_uses_the_bytes_really_sent(bundle, app, samples) -> None:
         planned = next(p for p in runtime.selector.feasible if p.id == "edge").payload_bytes
         assert planned == runtime.profiles["edge"].payload_bytes < 0.9 * declared
         assert abs(planned - runtime.sent_bytes["edge"]) <= 0.1 * planned  # the tolerance
-        runtime.infer(inputs[:2])  # a batch: not a one-sample size, not tracked
-        assert runtime.sent_bytes["edge"] == pytest.approx(sent, rel=0.02)
+        uploads = len(edge.bodies)
+        assert runtime.infer(inputs[:2]).variant_id == "edge" and len(edge.bodies) == uploads + 1
+        assert runtime.sent_bytes["edge"] == pytest.approx(sent, rel=0.02)  # batches: not tracked
 
 
 @pytest.mark.parametrize("x, match", [
@@ -325,6 +345,8 @@ def test_bad_inputs_are_refused(bundle, app, x, match) -> None:
     ({"device_slowdown": 0}, "device_slowdown: found 0"),
     ({"hysteresis": 1.0}, "hysteresis: found 1.0"),
     ({"backend": "tensorrt"}, "backend 'tensorrt' is not known"),
+    ({"threads": 0}, "threads: found 0; expected an int >= 1"),
+    ({"threads": 0, "backend": "litert"}, "threads: found 0; expected an int >= 1"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(bundle, options, match) -> None:
     url = options.pop("edge_url", "http://127.0.0.1:9")
