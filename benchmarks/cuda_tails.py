@@ -42,7 +42,7 @@ from splitpack.packaging import read_bundle, read_samples  # noqa: E402
 from splitpack.runtimes.backends import OnnxBackend, normalize_uint8  # noqa: E402
 from splitpack.runtimes.bench_support import free_port  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
-from splitpack.runtimes.wire import pack_codes, unpack_codes  # noqa: E402
+from splitpack.runtimes.wire import round_trip_codes  # noqa: E402
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 CUDA_OPTIONS: dict = {}  # --no-tf32 sets use_tf32=0
@@ -65,8 +65,7 @@ def tail_inputs(bundle, variant, x: np.ndarray) -> np.ndarray:
         return x
     head = OnnxBackend(bundle.path(variant.artifacts.head), providers=[CPU])
     codes = head.run(x)
-    bits = variant.quantization.bits
-    return unpack_codes(pack_codes(codes.ravel(), bits), bits, codes.size).reshape(codes.shape)
+    return round_trip_codes(codes, variant.quantization.bits)
 
 
 def direct(bundle, inputs, expected, repeats: int, batch: int) -> dict:

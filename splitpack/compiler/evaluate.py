@@ -10,7 +10,7 @@ import onnx
 
 from splitpack.compiler.train import run_onnx
 from splitpack.errors import InternalError
-from splitpack.runtimes.wire import pack_codes, unpack_codes
+from splitpack.runtimes.wire import round_trip_codes
 
 __all__ = ["SplitEvaluation", "accuracy_percent", "evaluate_model", "evaluate_split"]
 
@@ -47,7 +47,7 @@ def evaluate_split(head: onnx.ModelProto, tail: onnx.ModelProto, x: np.ndarray, 
     codes = run_onnx(head, x)
     if codes.dtype != np.uint8 or int(codes.max(initial=0)) >= 2**bits:
         raise InternalError(f"head emitted codes of dtype {codes.dtype} up to {codes.max()} for {bits}-bit codes")
-    unpacked = unpack_codes(pack_codes(codes.ravel(), bits), bits, codes.size).reshape(codes.shape)
+    unpacked = round_trip_codes(codes, bits)
     if not np.array_equal(unpacked, codes):
         raise InternalError("bit-packing of the codes is not exact")
     outputs = run_onnx(tail, unpacked)

@@ -172,6 +172,15 @@ def _check_input(name: str, x: np.ndarray, dtype: str, shape: tuple) -> None:
             f"{tuple(shape)} (batch first; cast or reshape the array)")
 
 
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is None (the runtime's choice) or an int >= 1; else InvalidConfigError."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise InvalidConfigError(f"threads: found {threads!r}; expected an int >= 1, or None "
+                                 "for the runtime's choice")
+    return threads
+
+
 class OnnxBackend:
     """One ONNX Runtime session over a one-input, one-output model.
 
@@ -206,9 +215,7 @@ class OnnxBackend:
                      for p in providers]
         options = ort.SessionOptions()
         options.log_severity_level = 3  # CUDA-missing warnings are expected on CPU hosts
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise InvalidConfigError(f"threads: found {threads!r}; expected an int >= 1")
+        if check_threads(threads) is not None:
             options.intra_op_num_threads = threads
         try:
             self._session = ort.InferenceSession(model, options, providers=providers)
@@ -270,6 +277,7 @@ class LiteRtBackend:
                  threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        check_threads(threads)
         model, self.source = _read_model(path_or_bytes)
         try:
             self._interpreter = Interpreter(model_content=model, num_threads=threads)
@@ -367,6 +375,7 @@ def load_backend(bundle: Bundle, variant: Variant | str, kind: str = "onnxruntim
     """
     if isinstance(variant, str):
         variant = bundle.variant(variant)
+    check_threads(threads)  # before anything the bundle lacks is reported
     if kind not in BACKEND_KINDS:
         raise InvalidConfigError(f"backend {kind!r} is not known; allowed: "
                                  f"{', '.join(BACKEND_KINDS)}")

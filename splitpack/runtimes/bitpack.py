@@ -17,7 +17,8 @@ import numpy as np
 
 from splitpack.errors import WireFormatError
 
-__all__ = ["CODE_BITS", "WIRE_BITS", "data_bytes", "packed_size", "pack_codes", "unpack_codes"]
+__all__ = ["CODE_BITS", "WIRE_BITS", "data_bytes", "packed_size", "pack_codes", "unpack_codes",
+           "round_trip_codes"]
 
 CODE_BITS = (1, 2, 4, 8)
 WIRE_BITS = (1, 2, 4, 8, 16, 32)
@@ -120,3 +121,17 @@ def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
     if codes[count:].any():
         raise _fail("data", "nonzero padding bits in the last byte", "zero padding bits")
     return codes[:count]
+
+
+def round_trip_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """``codes`` as a tail receives them: packed to ``bits`` bits and unpacked again.
+
+    Args:
+        codes: Integer codes in [0, 2**bits), any shape.
+        bits: Bits per code: 1, 2, 4 or 8.
+
+    Returns:
+        A uint8 array of the same shape.
+    """
+    codes = np.asarray(codes)
+    return unpack_codes(pack_codes(codes, bits), bits, codes.size).reshape(codes.shape)

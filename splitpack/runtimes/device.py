@@ -155,10 +155,6 @@ class DeviceRuntime:
             raise InvalidConfigError(f"hysteresis: found {hysteresis!r}; expected a fraction "
                                      "in [0, 1)")
         self.hysteresis = float(hysteresis)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
-            raise InvalidConfigError(f"threads: found {threads!r}; expected an int >= 1, or "
-                                     "None for the runtime's choice")
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         self.manifest = self.bundle.manifest
         self.wire_bundle_id = wire_bundle_id(self.manifest)
@@ -168,10 +164,10 @@ class DeviceRuntime:
         self.heads = {v.id: load_backend(self.bundle, v, backend, threads=threads)
                       for v in self.manifest.variants if v.kind in ("split", "local")}
         self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
-        self.selector = Selector(list(self.profiles.values()), Constraints(
-            self.manifest.baseline_accuracy, max_accuracy_drop))
         self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
         self._seed_edge_payload()
+        self.constraints = Constraints(self.manifest.baseline_accuracy, max_accuracy_drop)
+        self.selector = Selector(list(self.profiles.values()), self.constraints)
         self.link = link
         # A small floor: an emulated link reports its exact delay (tens of microseconds for a
         # small payload on a fast link), which the default 1 ms floor would turn into a
@@ -346,8 +342,8 @@ class DeviceRuntime:
             0.0, http_s - edge_ms / 1e3 - self.rtt_ms / 1e3)
         self.estimator.observe(len(payload), uplink_s)
         self._last_sample = self._clock()
-        if batch_size == 1:
-            self._note_payload(variant_id, len(payload))
+        if batch_size == 1 and self._note_payload(variant_id, len(payload)):
+            self.selector = Selector(list(self.profiles.values()), self.constraints)
         profile = self.profiles[variant_id]
         self.edge_load = self._smooth(self.edge_load, edge_ms / batch_size,
                                       profile.decode_ms + profile.tail_ms, 1.0)
@@ -356,7 +352,8 @@ class DeviceRuntime:
     def _seed_edge_payload(self) -> None:
         """Plan ``edge`` uploads at the mean size of the bundle's own sample images as they
         would be sent (zlib): the manifest states the uncompressed size, and a runtime that
-        never sends raw input because of that size would never learn the real one."""
+        never sends raw input because of that size would never learn the real one. Runs before
+        the selector is built."""
         edge_id = next((v.id for v in self.manifest.variants if v.kind == "edge"), None)
         if edge_id is None or self.manifest.samples is None:
             return
@@ -367,17 +364,19 @@ class DeviceRuntime:
         if sizes:
             self._note_payload(edge_id, round(sum(sizes) / len(sizes)))
 
-    def _note_payload(self, variant_id: str, nbytes: int) -> None:
+    def _note_payload(self, variant_id: str, nbytes: int) -> bool:
         """Track what a one-sample request of ``variant_id`` really sends; when that drifts
-        from the profile's ``payload_bytes``, plan with it (a new selector: microseconds)."""
+        from the profile's ``payload_bytes``, plan with it. Returns whether the profile
+        changed (the caller then builds a new selector: microseconds)."""
         previous = self.sent_bytes.get(variant_id)
         mean = nbytes if previous is None else (
             (1.0 - PAYLOAD_SMOOTHING) * previous + PAYLOAD_SMOOTHING * nbytes)
         self.sent_bytes[variant_id] = mean
         profile = self.profiles[variant_id]
-        if abs(mean - profile.payload_bytes) > PAYLOAD_TOLERANCE * profile.payload_bytes:
-            self.profiles[variant_id] = replace(profile, payload_bytes=max(1, round(mean)))
-            self.selector = Selector(list(self.profiles.values()), self.selector.constraints)
+        if abs(mean - profile.payload_bytes) <= PAYLOAD_TOLERANCE * profile.payload_bytes:
+            return False
+        self.profiles[variant_id] = replace(profile, payload_bytes=max(1, round(mean)))
+        return True
 
     def _mark_down(self, reason: str) -> None:
         self.edge_up = False

@@ -17,7 +17,7 @@ import numpy as np
 from splitpack.errors import InvalidBundleError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import OnnxBackend, load_backend, normalize_uint8
-from splitpack.runtimes.wire import pack_codes, unpack_codes
+from splitpack.runtimes.wire import round_trip_codes
 
 __all__ = ["VerifyReport", "verify_bundle", "TFLITE_CODE_MISMATCH_LIMIT"]
 
@@ -93,8 +93,7 @@ def _verify(bundle: Bundle, atol: float, tflite: bool) -> VerifyReport:
             bits = variant.quantization.bits
             if codes.dtype != np.uint8 or int(codes.max(initial=0)) >= 2**bits:
                 raise InvalidBundleError(f"variant {variant.id!r}: head emits codes outside {bits} bits")
-            codes = unpack_codes(pack_codes(codes.ravel(), bits), bits, codes.size).reshape(codes.shape)
-            outputs = tail.run(codes)
+            outputs = tail.run(round_trip_codes(codes, bits))
         report.variants[variant.id] = _check_close(variant.id, outputs, expected[variant.id], atol, "output")
         if tflite and artifacts.head_tflite:
             report.tflite[variant.id] = _verify_tflite(bundle, variant, head, x, report)

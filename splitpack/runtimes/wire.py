@@ -46,12 +46,14 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.runtimes.bitpack import (
-    _check_int, _describe, _fail, data_bytes, pack_codes, packed_size, unpack_codes,
+    _check_int, _describe, _fail, data_bytes, pack_codes, packed_size, round_trip_codes,
+    unpack_codes,
 )  # fmt: skip
 
 __all__ = [
     "WIRE_VERSION", "MAGIC", "HEADER_MIN_BYTES", "HEADER_MAX_BYTES", "MAX_ID_BYTES", "MAX_RANK",
-    "DEFAULT_MAX_ELEMENTS", "Payload", "pack_codes", "unpack_codes", "packed_size", "data_bytes",
+    "DEFAULT_MAX_ELEMENTS", "Payload", "pack_codes", "unpack_codes", "round_trip_codes",
+    "packed_size", "data_bytes",
     "header_bytes", "message_bytes", "payload_bytes", "encode_payload", "decode_payload",
 ]  # fmt: skip
 

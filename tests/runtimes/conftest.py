@@ -11,7 +11,6 @@ while the edge answers (its head is profiled as slow).
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 from splitpack.packaging import read_bundle, write_bundle
 from splitpack.packaging.manifest import SCHEMA_VERSION
 from splitpack.runtimes.backends import normalize_uint8, wire_bundle_id
-from splitpack.runtimes.wire import message_bytes, pack_codes, unpack_codes
+from splitpack.runtimes.wire import message_bytes, round_trip_codes
 
 INPUT_SHAPE = (1, 1, 16, 16)
 NUM_CLASSES = 10
@@ -128,7 +127,7 @@ def build_test_bundle(tmp_dir: Path) -> Path:
         head_bytes, tail_bytes = head.SerializeToString(), tail.SerializeToString()
         files[f"variants/{vid}/head.onnx"], files[f"variants/{vid}/tail.onnx"] = head_bytes, tail_bytes
         codes = run_onnx_per_sample(head_bytes, normalized)
-        unpacked = unpack_codes(pack_codes(codes, bits), bits, codes.size).reshape(codes.shape)
+        unpacked = round_trip_codes(codes, bits)
         expected[vid] = run_onnx_per_sample(tail_bytes, unpacked)
         scale, offset = quantization_params(bits)
         variants.append(_variant(
@@ -188,8 +187,24 @@ def wire_id(bundle) -> str:
     return wire_bundle_id(bundle.manifest)
 
 
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def follow_uplink(runtime, inputs: np.ndarray, expected: dict, low: str, high: str,
+                  high_mbps: float, check) -> None:
+    """Drive ``runtime`` (built on a slow shaped link) through every input, where the split
+    with the smaller payload (``low``) must win; then put it on a ``high_mbps`` link, where the
+    split with the cheaper head (``high``) must take over within 30 requests. ``check(result,
+    expected, index)`` compares each answer with the offline outputs."""
+    from splitpack.runtimes.netem import ShapedLink, constant_trace
+
+    for index in range(len(inputs)):  # a slow uplink: the tiny payload wins
+        result = runtime.infer(inputs[index])
+        assert (result.mode, result.fallback) == ("split", False)
+        assert result.transfer_ms > 0 and result.edge_ms > 0 and result.head_ms > 0
+        check(result, expected, index)
+    assert result.variant_id == low
+    runtime.link = ShapedLink(constant_trace(high_mbps))
+    for step in range(30):  # a fast uplink: once the estimate follows, the cheap head wins
+        result = runtime.infer(inputs[step % len(inputs)])
+        check(result, expected, step % len(inputs))
+        if result.variant_id == high:
+            break
+    assert result.variant_id == high, runtime.stats

@@ -20,11 +20,12 @@ from splitpack.errors import InvalidConfigError
 from splitpack.packaging import read_samples
 from splitpack.runtimes import commands
 from splitpack.runtimes.backends import normalize_uint8
+from splitpack.runtimes.bench_support import free_port
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
 from splitpack.runtimes.netem import ShapedLink, constant_trace
 from splitpack.runtimes.wire import decode_payload
-from tests.runtimes.conftest import free_port
+from tests.runtimes.conftest import follow_uplink
 
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-4
@@ -92,19 +93,7 @@ def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, sampl
     runtime = DeviceRuntime(bundle, edge_process.url, link=ShapedLink(constant_trace(LOW_MBPS)),
                             rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05)
     with runtime:
-        for index in range(len(inputs)):  # a slow uplink: the tiny payload wins
-            result = runtime.infer(inputs[index])
-            assert (result.mode, result.fallback) == ("split", False)
-            assert result.transfer_ms > 0 and result.edge_ms > 0 and result.head_ms > 0
-            _check(result, expected, index)
-        assert result.variant_id == low
-        runtime.link = ShapedLink(constant_trace(HIGH_MBPS))
-        for step in range(30):  # a fast uplink: once the estimate follows, the cheap head wins
-            result = runtime.infer(inputs[step % len(inputs)])
-            _check(result, expected, step % len(inputs))
-            if result.variant_id == high:
-                break
-        assert result.variant_id == high, runtime.stats
+        follow_uplink(runtime, inputs, expected, low, high, HIGH_MBPS, _check)
         stats = runtime.stats
         assert stats["switches"] >= 1 and len(stats["switch_ms"]) == stats["switches"]
         assert all(math.isfinite(ms) and ms >= 0 for ms in stats["switch_ms"])

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.runtimes.conftest import free_port
+from splitpack.runtimes.bench_support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIMES = ROOT / "splitpack" / "runtimes"

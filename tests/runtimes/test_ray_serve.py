@@ -23,12 +23,13 @@ from splitpack.errors import InvalidConfigError
 from splitpack.packaging import read_samples
 from splitpack.runtimes import commands
 from splitpack.runtimes.backends import load_backend, normalize_uint8
+from splitpack.runtimes.bench_support import free_port
 from splitpack.runtimes.bench_serve import run_serve_benchmark
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
 from splitpack.runtimes.netem import ShapedLink, constant_trace
 from splitpack.runtimes.wire import encode_payload
-from tests.runtimes.conftest import free_port
+from tests.runtimes.conftest import follow_uplink
 
 NO_RAY = "Ray Serve is not installed: pip install 'splitpack[ray]'"
 ray = pytest.importorskip("ray", reason=NO_RAY)
@@ -114,18 +115,7 @@ def test_device_runtime_end_to_end_against_two_replicas(bundle, ray_url, samples
     runtime = DeviceRuntime(bundle, ray_url, link=ShapedLink(constant_trace(LOW_MBPS)),
                             rtt_ms=1.0, timeout_s=5.0, probe_interval_s=0.05)
     with runtime:
-        for index in range(len(inputs)):  # a slow uplink: the tiny payload wins
-            result = runtime.infer(inputs[index])
-            assert result.mode == "split" and result.edge_ms > 0
-            _check(result, expected, index)
-        assert result.variant_id == low
-        runtime.link = ShapedLink(constant_trace(HIGH_MBPS))
-        for step in range(30):  # a fast uplink: once the estimate follows, the cheap head wins
-            result = runtime.infer(inputs[step % len(inputs)])
-            _check(result, expected, step % len(inputs))
-            if result.variant_id == high:
-                break
-        assert result.variant_id == high, runtime.stats
+        follow_uplink(runtime, inputs, expected, low, high, HIGH_MBPS, _check)
         assert runtime.stats["switches"] >= 1 and runtime.stats["fallbacks"] == 0
     with DeviceRuntime(bundle, ray_url, rtt_ms=1.0, device_slowdown=1000.0) as slow_device:
         result = slow_device.infer(inputs[:4])  # a batch of raw uploads to the edge variant

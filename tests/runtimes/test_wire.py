@@ -26,6 +26,7 @@ from splitpack.runtimes.wire import (
     pack_codes,
     packed_size,
     payload_bytes,
+    round_trip_codes,
     unpack_codes,
 )
 
@@ -104,6 +105,15 @@ def test_pack_unpack_round_trip(bits, data):
 )
 def test_pack_is_little_endian_within_a_byte(codes, bits, expected):
     assert pack_codes(np.array(codes), bits) == expected
+
+
+def test_round_trip_codes_keeps_shape_and_values():
+    codes = np.array([[[0, 3], [1, 2]], [[3, 3], [0, 1]]], dtype=np.uint8)
+    again = round_trip_codes(codes, 2)
+    assert again.shape == codes.shape and again.dtype == np.uint8
+    assert np.array_equal(again, codes)
+    with pytest.raises(WireFormatError, match="codes"):
+        round_trip_codes(codes, 1)  # 3 does not fit in one bit
 
 
 @pytest.mark.parametrize(
