@@ -142,44 +142,100 @@ def _first_middle_last(items: list) -> list:
     return [items[i] for i in sorted({0, len(items) // 2, len(items) - 1})]
 
 
-def _codec_chooser(text: str):
-    """``ladder`` (default), ``all`` or an explicit list, as a function of the cut."""
-    from splitpack.compiler.codec import codec_ladder, codec_space, parse_codecs
+GRID_METHODS = ("calibrated", "learned", "finetuned")
 
+
+def _parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in allowed]
+    if unknown or not chosen:
+        raise InvalidConfigError(f"{option} {text!r}: {', '.join(map(repr, unknown)) or 'nothing'} given; allowed: "
+                                 f"a comma-separated list of {', '.join(allowed)}")
+    return chosen
+
+
+def _codec_chooser(text: str, methods: str = "learned"):
+    """The codecs of a grid at a cut: for ``calibrated``, ``q8``..``q1``; for ``learned`` the
+    ``--codecs`` choice (``ladder`` (default), ``ladder:N``, ``all`` or an explicit list); for
+    ``finetuned`` the same learned codecs with the tail fine-tuned, each right after its unit."""
+    from splitpack.compiler.codec import calibrated_codecs, codec_ladder, codec_space, parse_codecs
+
+    chosen = _parse_choices("--methods", methods, GRID_METHODS)
     if text.strip().startswith("ladder"):
         count = text.strip().partition(":")[2]
         if count and not count.isdigit():
             raise InvalidConfigError(f"--codecs {text!r}: write ladder or ladder:N with N a number of codecs, e.g. ladder:12")
-        return lambda cut: codec_ladder(cut.shape, int(count) if count else 16)
-    codecs = parse_codecs(text)
-    if codecs is None:
-        return lambda cut: codec_space(cut.shape)
-    return lambda cut: codecs
+        learned = lambda cut: codec_ladder(cut.shape, int(count) if count else 16)  # noqa: E731
+    else:
+        codecs = parse_codecs(text)
+        learned = (lambda cut: codec_space(cut.shape)) if codecs is None else (lambda cut: codecs)  # noqa: E731
+
+    def codecs_for(cut):
+        plan = calibrated_codecs() if "calibrated" in chosen else []
+        for codec in learned(cut):
+            if codec.method == "calibrated":
+                continue  # listed above when asked for
+            unit = codec.with_method("learned")
+            plan += [unit] if "learned" in chosen or "finetuned" in chosen else []
+            plan += [unit.with_method("finetuned")] if "finetuned" in chosen else []
+        return list(dict.fromkeys(plan))
+
+    return codecs_for
+
+
+def _quick_plan(plan: list) -> list:
+    """The first calibrated codec and the first, middle and last learned unit (with their
+    fine-tuned siblings) of a grid plan."""
+    units = list(dict.fromkeys(codec.with_method("learned") for codec in plan if codec.method != "calibrated"))
+    keep = set(_first_middle_last(units)) if units else set()
+    calibrated = [codec for codec in plan if codec.method == "calibrated"][:1]
+    return calibrated + [codec for codec in plan if codec.method != "calibrated" and codec.with_method("learned") in keep]
+
+
+def _input_baselines(model, dataset, qualities: tuple[int, ...]) -> list[dict]:
+    """The test images uploaded as JPEG and WebP (where Pillow has it) at each quality and as
+    lossless PNG, measured through ``model``: the grid's ``input_baselines``."""
+    from PIL import features
+
+    from splitpack.compiler.input_upload import choose_input_upload
+
+    formats = ("jpeg", "webp") if features.check("webp") else ("jpeg",)
+    choice = choose_input_upload(
+        model, dataset.to_uint8(dataset.x_test), dataset.y_test, max_accuracy_drop=1.0,
+        preprocessing={"mean": list(dataset.mean), "std": list(dataset.std), "input_range": 255.0},
+        formats=formats, qualities=qualities, lossless="png")
+    return [point.as_dict() for point in choice.curve]
 
 
 def _cmd_bench_grid(args) -> int:
     from splitpack.compiler.cuts import find_cuts
     from splitpack.compiler.grid import parse_cut_selection, run_grid
-    from splitpack.plots import plot_grid
+    from splitpack.plots import plot_grid_bytes
 
     loaded, dataset = _load_with_data(args)
     all_cuts = find_cuts(loaded.onnx_model, loaded.input_shape)
     cuts = parse_cut_selection(args.cuts, all_cuts)
-    codecs_for = _codec_chooser(args.codecs)
+    codecs_for = _codec_chooser(args.codecs, args.methods)
+    codings = _parse_choices("--codings", args.codings, ("bitpack", "entropy"))
     epochs = args.epochs
-    if args.quick:  # a smoke run: first, middle and last cut and codec, two epochs
+    if args.quick:  # a smoke run: first, middle and last cut and learned unit, q8, two epochs
         cuts = _first_middle_last(cuts)
-        codecs_for = lambda cut, choose=codecs_for: _first_middle_last(choose(cut))  # noqa: E731
+        codecs_for = lambda cut, choose=codecs_for: _quick_plan(choose(cut))  # noqa: E731
         epochs = min(epochs, 2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    input_baselines = None
+    if not args.no_input_baselines:
+        qualities = (10, 50, 90) if args.quick else tuple(range(5, 100, 10))
+        input_baselines = lambda: _input_baselines(loaded.onnx_model, dataset, qualities)  # noqa: E731
     document = run_grid(
         loaded.onnx_model, all_cuts, cuts, dataset, codecs_for=codecs_for, out=out, epochs=epochs,
-        seed=args.seed, progress=not args.no_progress,
-        settings={"model": args.model, "data": args.data, "codecs": args.codecs, "quick": bool(args.quick)},
+        seed=args.seed, progress=not args.no_progress, codings=codings, input_baselines=input_baselines,
+        settings={"model": args.model, "data": args.data, "codecs": args.codecs, "methods": args.methods,
+                  "quick": bool(args.quick)},
     )
     if args.plot:
-        plot_grid(document, Path(args.plot))
+        plot_grid_bytes(document, Path(args.plot))
     print(f"{len(document['cells'])} cells measured, baseline {document['baseline_accuracy']:.2f}%: wrote {out}")
     return 0
 
@@ -237,10 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--codecs", default="ladder",
                       help="'ladder' or 'ladder:N' (16 or N codecs spanning each cut's ratios), 'all' (each cut's whole "
                            "space) or a list such as c4s1b8,c2s2b4")
+    grid.add_argument("--methods", default="calibrated,learned,finetuned",
+                      help="which of calibrated (q8..q1, no training), learned (the --codecs units, model frozen) "
+                           "and finetuned (the same units with the tail fine-tuned) to measure")
+    grid.add_argument("--codings", default="bitpack,entropy",
+                      help="wire codings each cell is measured with: bitpack, entropy (one cell each)")
+    grid.add_argument("--no-input-baselines", action="store_true",
+                      help="skip the input-upload curve (JPEG/WebP at qualities 5..95, lossless PNG)")
     grid.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS_HINT, help="training epochs per cell")
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--out", required=True, help="grid JSON to write (resumed when it exists)")
-    grid.add_argument("--plot", help="PNG of accuracy against ratio per cut")
+    grid.add_argument("--plot", help="PNG of accuracy against bytes per image, one panel per cut")
     grid.add_argument("--quick", action="store_true", help="smoke run: 3 cuts x 3 codecs, 2 epochs")
     grid.add_argument("--no-progress", action="store_true", help="no progress bars")
     grid.set_defaults(handler=_cmd_bench_grid)

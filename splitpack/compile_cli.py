@@ -9,8 +9,20 @@ from pathlib import Path
 
 __all__ = ["add_bundle_commands", "inspect_rows", "INSPECT_HEADERS"]
 
-INSPECT_HEADERS = ["variant", "kind", "cut", "ratio", "bits", "payload B", "accuracy %", "predicted %",
-                   "head ms", "tail ms", "TFLite"]
+INSPECT_HEADERS = ["variant", "kind", "cut", "ratio", "bits", "payload B", "wire", "accuracy %",
+                   "predicted %", "head ms", "tail ms", "TFLite"]
+
+
+def _wire(variant) -> str:
+    """How a variant's messages travel: codes bit-packed or entropy-coded, the input's upload."""
+    if variant.quantization is not None:
+        return variant.quantization.coding
+    if variant.kind == "edge":
+        upload = variant.upload
+        if upload is None:
+            return "zlib"
+        return upload.format + ("" if upload.quality is None else f" q{upload.quality}")
+    return "-"
 
 
 def _data_args(parser) -> None:
@@ -50,7 +62,7 @@ def inspect_rows(manifest) -> list[list]:
     for v in manifest.variants:
         rows.append([
             v.id, v.kind, v.cut_label or "-", round(v.compression_ratio, 1),
-            v.quantization.bits if v.quantization else "-", v.payload_bytes, round(v.accuracy, 2),
+            v.quantization.bits if v.quantization else "-", v.payload_bytes, _wire(v), round(v.accuracy, 2),
             "-" if v.predicted_accuracy is None else round(v.predicted_accuracy, 2),
             round(v.latency.head_ms + v.latency.encode_ms, 3), round(v.latency.decode_ms + v.latency.tail_ms, 3),
             "yes" if v.artifacts.head_tflite else "-",
@@ -94,8 +106,9 @@ def _cmd_verify(args) -> int:
 
     report = verify_bundle(args.bundle, tflite=not args.no_tflite)
     for variant_id, difference in report.variants.items():
-        extra = report.tflite.get(variant_id)
-        print(f"  {variant_id}: outputs match (max abs diff {difference:.2e})" + (f"; TFLite {extra}" if extra else ""))
+        extra, wire = report.tflite.get(variant_id), report.wire.get(variant_id)
+        print(f"  {variant_id}: outputs match (max abs diff {difference:.2e})" + (f"; TFLite {extra}" if extra else "")
+              + (f"; wire {wire}" if wire else ""))
     for line in report.skipped:
         print(f"  skipped: {line}")
     print(f"bundle {report.bundle_id[:16]} verified: hashes, schema, {len(report.variants)} variants")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_grid", "plot_selector", "plot_runtime"]
+__all__ = ["plot_grid", "plot_grid_bytes", "plot_selector", "plot_runtime"]
 
 # Colour and line style of each strategy of a selector report, in the order the benchmark lists
 # them: oracle, adaptive bundle, static best, Neurosurgeon, local only, edge only.
@@ -48,6 +48,67 @@ def plot_grid(document: dict, path: Path, predictions: dict | None = None) -> No
     axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+_METHOD_STYLES = {"calibrated": "tab:blue", "learned": "tab:orange", "finetuned": "tab:green"}
+_INPUT_STYLES = {"jpeg": "tab:red", "webp": "tab:purple", "png": "black"}
+
+
+def plot_grid_bytes(document: dict, path: Path) -> None:
+    """Accuracy against bytes per image on the wire (log x): one panel per cut, one line per
+    method and coding (solid: entropy-coded, dashed: bit-packed), and in every panel the input
+    uploaded as an image at each quality (the baseline a user would pick).
+
+    Args:
+        document: a grid document (``splitpack bench grid``).
+        path: PNG to write.
+    """
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(cell["cut"] for cell in document["cells"]))
+    columns = min(4, max(1, len(labels)))
+    rows = max(1, math.ceil(len(labels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharey=True)
+    baselines = document.get("input_baselines") or []
+    for axis, label in zip(axes.flat, labels):
+        cells = [cell for cell in document["cells"] if cell["cut"] == label]
+        for method, color in _METHOD_STYLES.items():
+            for coding, line in (("entropy", "-"), ("bitpack", "--")):
+                points = sorted((c["payload_bytes"], c["accuracy"]) for c in cells
+                                if c.get("method", "learned") == method and c.get("coding", "bitpack") == coding)
+                frontier, best = [], -1.0  # the best accuracy at each size or smaller: what a planner can reach
+                for size, accuracy in points:
+                    if accuracy > best:
+                        frontier.append((size, accuracy))
+                        best = accuracy
+                if frontier:
+                    axis.plot([p[0] for p in frontier], [p[1] for p in frontier], line, marker="o", markersize=2.5,
+                              color=color, label=f"{method} + {coding}")
+        for image_format, color in _INPUT_STYLES.items():
+            points = sorted((b["payload_bytes"], b["accuracy"]) for b in baselines if b["format"] == image_format)
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], ":", marker="x", markersize=3, color=color,
+                          label=f"input {image_format}")
+        axis.axhline(document["baseline_accuracy"], color="gray", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("bytes per image on the wire", fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in axes.flat[len(labels):]:
+        axis.axis("off")
+    axes[0][0].set_ylabel("test accuracy (%)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=7)
+    figure.suptitle(f"{document.get('model', '')}: accuracy against payload (grey: the model, "
+                    f"{document['baseline_accuracy']:.2f}%)", fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.96))
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

@@ -57,3 +57,61 @@ def test_cuda_tails_refuses_to_run_without_cuda() -> None:
                            "--out", "unused.json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "install onnxruntime-gpu on a machine with an NVIDIA GPU" in done.stderr
+
+
+def test_augment_crops_and_flips_within_the_padded_image() -> None:
+    cifar = _load("cifar_models")
+    batch = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) + 1
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        out = cifar.augment(batch, generator)
+        assert out.shape == batch.shape
+        for sample, original in zip(out, batch):
+            values = set(sample.flatten().tolist()) - {0.0}  # zeros: the 4-pixel padding
+            assert values <= set(original.flatten().tolist())
+            seen.add(tuple(sample.flatten().tolist()))
+    assert len(seen) > 10  # random crops and flips, not one fixed view
+
+
+@pytest.mark.slow
+def test_cifar_training_script_trains_resumes_and_writes_weights(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    out = tmp_path / "rn.pt"
+    command = [sys.executable, str(ROOT / "benchmarks" / "cifar_models.py"), "train", "resnet20",
+               "--data", str(tmp_path / "data"), "--out", str(out), "--epochs", "2", "--batch-size", "8",
+               "--threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout and out.is_file()
+    from splitpack.models import cifar_resnet20
+
+    model = cifar_resnet20(num_classes=2)
+    model.load_state_dict(torch.load(out, weights_only=True))
+    summary = __import__("json").loads(out.with_suffix(".json").read_text())
+    assert summary["epochs"] == 2 and len(summary["history"]) == 2 and summary["train_images"] == 24
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # resumes: nothing left to train
+    assert again.returncode == 0 and "resumed after epoch 2" in again.stdout, again.stderr
+
+
+def test_entropy_coding_benchmark_measures_a_small_case() -> None:
+    entropy_coding = _load("entropy_coding")
+    result = entropy_coding.measure_case("tiny", (4, 6, 6), 4, "relu", train=16, test=8, repeats=3,
+                                         rng=np.random.default_rng(0))
+    assert result["codes_per_sample"] == 144 and 0.3 < result["zero_fraction"] < 0.95
+    assert result["wire_sizes_checked"]
+    assert result["bitpack"]["payload_bytes"] > result["entropy"]["payload_bytes_mean"] > 0
+    for method in ("entropy", "bitpack"):
+        timing = result[method]["encode_decode"]
+        assert 0 < timing["median_ms"] <= timing["p99_ms"]

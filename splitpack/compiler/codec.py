@@ -1,18 +1,32 @@
-"""The compression-unit family spliced in at a cut.
+"""The compression-unit family spliced in at a cut: a ladder that starts lossless.
 
-Encoder (end of the head): 1×1 convolution to C' channels, or with stride s > 1 an s×s
-convolution of stride s (a strided 1×1 would drop three pixels in four; the s×s patch keeps
-them all at the same output size); a linear map along D for token tensors (N, T, D) and
-vectors (N, D) → clamp to [-1, 1] → uniform
-quantization to b bits: code = round((z + 1) / scale), scale = 2 / (2^b − 1).
-Decoder (start of the tail): dequantize (z = code·scale − 1) → 1×1 convolution back to C
-channels (a transposed convolution when strided) → BatchNorm → ReLU → 1×1 convolution, so that
-the decoder can reproduce signed features as well as post-ReLU ones.
+Three methods, one notation each:
 
-compression_ratio = float32 bytes of the cut tensor ÷ bytes of the packed codes. It counts the
-codes only; the wire header (36 bytes + the ids + 4 per dimension: 72–80 bytes in the demo
-bundle, see ``runtimes.wire``) is reported
-separately as part of ``payload_bytes``.
+* ``q{B}`` — **calibrated quantization** of the cut tensor itself, B bits, no training: per
+  channel, ``code = clip(round((x - low_c) / step_c), 0, 2^B - 1)`` and ``x̂ = code·step_c +
+  low_c``, with ``low_c``/``step_c`` chosen on the training features (the clipping range among
+  min/max and a few percentiles that gives the least squared error, per channel). All channels
+  are kept; the compression ratio is 32/B.
+* ``c{C}s{S}b{B}`` — a **learned unit**, the model frozen: the encoder projects to C channels
+  (a 1×1 convolution, an S×S convolution of stride S, or a linear map along D for tokens and
+  vectors), then quantizes per channel as above with a *learned* range (initialized by the
+  calibration, trained through the rounding with a straight-through estimator). The decoder
+  dequantizes, projects back (1×1, or a transposed S×S convolution) and adds a small residual
+  refinement (3×3 conv → ReLU → 1×1 conv, whose last layer starts at zero). The projections
+  start at the principal components of the training features (of S×S patches when strided),
+  and a unit that keeps all channels at stride 1 starts at the identity: before training it
+  *is* calibrated quantization, and training only keeps a result that is better on held-out
+  training features, so it is never worse than ``q{B}`` by construction.
+* ``c{C}s{S}b{B}t`` — the same learned unit, then the **tail fine-tuned**: the decoder and the
+  rest of the model (what runs on the edge) trained by distillation from the original model's
+  outputs, with the head and encoder fixed, so the device's artifacts do not change.
+
+The per-channel quantization parameters are constants inside the head (encoder) and the tail
+(decoder) graphs; on the wire the codes travel as integers (scale 1, offset 0).
+
+compression_ratio = float32 bytes of the cut tensor ÷ bytes of the bit-packed codes. It counts
+the codes only; the wire header (36 bytes + the ids + 4 per dimension: 72–80 bytes in the demo
+bundle, see ``runtimes.wire``) and entropy coding are reported separately in ``payload_bytes``.
 """
 
 from __future__ import annotations
@@ -28,6 +42,9 @@ __all__ = [
     "SUPPORTED_BITS",
     "parse_codec",
     "parse_codecs",
+    "METHODS",
+    "kept_channels",
+    "calibrated_codecs",
     "codec_space",
     "codec_ladder",
     "check_codec_fits",
@@ -42,47 +59,83 @@ CHANNEL_FRACTIONS = (1, 2, 4, 8, 16)  # C' = C / fraction
 STRIDES = (1, 2, 4)
 SPACE_BITS = (8, 4, 2, 1)
 
-_CODEC_RE = re.compile(r"c(\d+)s(\d+)b(\d+)")
+METHODS = ("calibrated", "learned", "finetuned")
+
+_CODEC_RE = re.compile(r"c(\d+)s(\d+)b(\d+)(t?)")
+_CALIBRATED_RE = re.compile(r"q(\d+)")
 
 
 @dataclass(frozen=True, order=True)
 class CodecSpec:
-    """One compression unit: ``channels`` kept (C'), spatial ``stride``, quantization ``bits``."""
+    """One compression unit: ``channels`` kept (C'), spatial ``stride``, quantization ``bits``,
+    and the ``method`` (see the module docstring). A calibrated codec keeps every channel of the
+    cut; its ``channels`` is 0 ("all") and its stride 1."""
 
     channels: int
     stride: int
     bits: int
+    method: str = "learned"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidConfigError(f"codec method {self.method!r} is unknown; allowed: {', '.join(METHODS)}")
         if self.bits not in SUPPORTED_BITS:
             raise InvalidConfigError(
                 f"codec {self.name}: {self.bits} bits is not supported; allowed: {', '.join(map(str, SUPPORTED_BITS))}"
             )
-        if self.channels < 1 or self.stride < 1:
+        if self.method == "calibrated":
+            if self.channels != 0 or self.stride != 1:
+                raise InvalidConfigError(f"codec {self.name}: calibrated quantization keeps every channel at "
+                                         "stride 1 (channels=0, stride=1); use c{C}s{S}b{B} for a projection")
+        elif self.channels < 1 or self.stride < 1:
             raise InvalidConfigError(f"codec {self.name}: channels and stride must be >= 1")
+
+    @classmethod
+    def calibrated(cls, bits: int) -> "CodecSpec":
+        """Calibrated quantization of the cut tensor at ``bits`` bits (``q{bits}``)."""
+        return cls(0, 1, bits, "calibrated")
 
     @property
     def name(self) -> str:
-        """The command-line form, ``c{channels}s{stride}b{bits}``."""
-        return f"c{self.channels}s{self.stride}b{self.bits}"
+        """The command-line form: ``q{bits}``, ``c{channels}s{stride}b{bits}`` or with ``t``."""
+        if self.method == "calibrated":
+            return f"q{self.bits}"
+        suffix = "t" if self.method == "finetuned" else ""
+        return f"c{self.channels}s{self.stride}b{self.bits}{suffix}"
+
+    @property
+    def trains_tail(self) -> bool:
+        """True when the tail (decoder + rest of the model) is fine-tuned by distillation."""
+        return self.method == "finetuned"
+
+    def with_method(self, method: str) -> "CodecSpec":
+        """The same projection and bits with another learned method (``learned``/``finetuned``)."""
+        return CodecSpec(self.channels, self.stride, self.bits, method)
 
     def __str__(self) -> str:
         return self.name
 
 
 def parse_codec(text: str) -> CodecSpec:
-    """Parse ``c4s1b8`` into a ``CodecSpec``.
+    """Parse ``q8``, ``c4s1b8`` or ``c4s1b8t`` into a ``CodecSpec``.
 
     Raises:
         InvalidConfigError: malformed text or unsupported bits.
     """
-    match = _CODEC_RE.fullmatch(text.strip())
+    text = text.strip()
+    calibrated = _CALIBRATED_RE.fullmatch(text)
+    if calibrated:
+        return CodecSpec.calibrated(int(calibrated.group(1)))
+    match = _CODEC_RE.fullmatch(text)
     if not match:
         raise InvalidConfigError(
-            f"codec {text!r} is malformed; write c{{channels}}s{{stride}}b{{bits}}, e.g. c4s1b8 "
+            f"codec {text!r} is malformed; write q{{bits}} (calibrated quantization), "
+            f"c{{channels}}s{{stride}}b{{bits}} (learned unit) or c{{channels}}s{{stride}}b{{bits}}t "
+            f"(learned unit + tail fine-tuning), e.g. q8, c4s1b8, c4s1b8t "
             f"(bits in {', '.join(map(str, SUPPORTED_BITS))})"
         )
-    return CodecSpec(*(int(group) for group in match.groups()))
+    channels, stride, bits, tail = match.groups()
+    return CodecSpec(int(channels), int(stride), int(bits), "finetuned" if tail else "learned")
 
 
 def parse_codecs(text: str) -> list[CodecSpec] | None:
@@ -92,13 +145,21 @@ def parse_codecs(text: str) -> list[CodecSpec] | None:
     return [parse_codec(part) for part in text.split(",") if part.strip()]
 
 
+def kept_channels(cut_shape: tuple[int, ...], codec: CodecSpec) -> int:
+    """C': the channels (or the size along D of tokens and vectors) that the codes keep."""
+    if codec.method == "calibrated":
+        return cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+    return codec.channels
+
+
 def codes_shape(cut_shape: tuple[int, ...], codec: CodecSpec) -> tuple[int, ...]:
     """Per-sample shape of the codes the encoder emits."""
     check_codec_fits(cut_shape, codec)
+    channels = kept_channels(cut_shape, codec)
     if len(cut_shape) == 3:
-        channels, height, width = cut_shape
-        return (codec.channels, height // codec.stride, width // codec.stride)
-    return tuple(cut_shape[:-1]) + (codec.channels,)
+        _, height, width = cut_shape
+        return (channels, height // codec.stride, width // codec.stride)
+    return tuple(cut_shape[:-1]) + (channels,)
 
 
 def check_codec_fits(cut_shape: tuple[int, ...], codec: CodecSpec, cut_label: str = "the cut") -> None:
@@ -109,6 +170,8 @@ def check_codec_fits(cut_shape: tuple[int, ...], codec: CodecSpec, cut_label: st
             "(C, H, W), tokens (T, D) and vectors (D)"
         )
     channels = cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+    if codec.method == "calibrated":
+        return
     if codec.channels > channels:
         raise InvalidConfigError(
             f"codec {codec}: {codec.channels} channels is more than {cut_label} has ({channels}); "
@@ -135,8 +198,16 @@ def compression_ratio(cut_shape: tuple[int, ...], codec: CodecSpec) -> float:
 
 
 def quantization_params(bits: int) -> tuple[float, float]:
-    """(scale, offset) with value = code·scale + offset over [-1, 1]."""
-    return 2.0 / (2**bits - 1), -1.0
+    """(scale, offset) of the codes on the wire: (1.0, 0.0) for every width, since the
+    per-channel dequantization is a constant of the tail graph (the codes travel as integers)."""
+    if bits not in SUPPORTED_BITS:
+        raise InvalidConfigError(f"{bits} bits is not supported; allowed: {', '.join(map(str, SUPPORTED_BITS))}")
+    return 1.0, 0.0
+
+
+def calibrated_codecs() -> list[CodecSpec]:
+    """``q8``, ``q4``, ``q2``, ``q1``: calibrated quantization at every supported width (4× to 32×)."""
+    return [CodecSpec.calibrated(bits) for bits in sorted(SUPPORTED_BITS, reverse=True)]
 
 
 def codec_space(cut_shape: tuple[int, ...]) -> list[CodecSpec]:
@@ -158,7 +229,8 @@ def codec_space(cut_shape: tuple[int, ...]) -> list[CodecSpec]:
 
 def codec_ladder(cut_shape: tuple[int, ...], count: int = 16) -> list[CodecSpec]:
     """A subset of the space for grids that cannot afford all of it: at every distinct ratio
-    the codec with the most bits (stride 1 first), then, up to ``count``, the fewest-bits
+    the codec with the most bits (stride 1 first) — or, when there are more ratios than
+    ``count``, at ``count`` evenly spread ones — then, up to ``count``, the fewest-bits
     alternative at evenly spread ratios (so that the grid also sees how bits trade against
     channels at one ratio). Sorted by ratio."""
     space = codec_space(cut_shape)
@@ -168,6 +240,9 @@ def codec_ladder(cut_shape: tuple[int, ...], count: int = 16) -> list[CodecSpec]
     alternates = [min(at[r], key=lambda c: (c.bits, c.stride)) for r in ratios]
     alternates = [c for c, r in zip(alternates, ratios) if c != primary[r]]
     chosen = list(primary.values())
+    if count < len(chosen):  # evenly spread over the ratios, the smallest and the largest kept
+        picks = sorted({round(i * (len(chosen) - 1) / max(1, count - 1)) for i in range(count)})
+        chosen = [chosen[i] for i in picks]
     room = max(0, count - len(chosen))
     if alternates and room:
         step = len(alternates) / min(room, len(alternates))
@@ -175,8 +250,16 @@ def codec_ladder(cut_shape: tuple[int, ...], count: int = 16) -> list[CodecSpec]
     return sorted(chosen, key=lambda c: (compression_ratio(cut_shape, c), c))
 
 
-def build_codec_modules(cut_shape: tuple[int, ...], codec: CodecSpec):
+def build_codec_modules(cut_shape: tuple[int, ...], codec: CodecSpec, calibration=None):
     """Build the torch encoder and decoder for one codec at one cut.
+
+    Args:
+        cut_shape: per-sample shape of the cut tensor.
+        codec: the codec.
+        calibration: training features at the cut, float32 (N, *cut_shape). They set the
+            projections (principal components, or the identity when every channel is kept) and
+            the quantization ranges; without them the projections are the identity or random and
+            the range is [-1, 1] (for tests that do not train).
 
     Returns:
         ``(encoder, decoder)``: ``encoder(features) -> codes`` (uint8 in eval mode; in training
@@ -186,4 +269,4 @@ def build_codec_modules(cut_shape: tuple[int, ...], codec: CodecSpec):
     from splitpack.compiler._codec_torch import build_modules
 
     check_codec_fits(cut_shape, codec)
-    return build_modules(cut_shape, codec)
+    return build_modules(cut_shape, codec, calibration)

@@ -26,6 +26,7 @@ from typing import Any
 
 import onnx
 
+from splitpack.compiler.weights import WEIGHTS_WRAPPER_KEYS, load_weights
 from splitpack.errors import InvalidConfigError, InvalidModelError
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "load_onnx",
     "check_onnx",
     "DEFAULT_OPSET",
+    "WEIGHTS_WRAPPER_KEYS",
 ]
 
 DEFAULT_OPSET = 17
@@ -125,14 +127,21 @@ def load_torch_module(spec: str, weights: str | Path | None = None):
 
     Args:
         spec: ``path/to/file.py:factory`` or ``package.module:factory``.
-        weights: optional state_dict file, loaded with ``weights_only=True``.
+        weights: optional checkpoint file, read with ``torch.load(weights_only=True)``. It loads
+            when ``module.load_state_dict(state, strict=True)`` would accept its state_dict
+            (e.g. an old one without BatchNorm's ``num_batches_tracked``). The state_dict may be
+            nested under one of ``WEIGHTS_WRAPPER_KEYS`` and its keys may carry the ``module.``
+            prefix of (Distributed)DataParallel, in either order; each is unwrapped only when
+            that makes more keys fit the model, so a prefix the model really has is kept.
 
     Returns:
         The module in eval mode.
 
     Raises:
         InvalidModelError: missing file or factory, a factory that does not return an
-            ``nn.Module``, or weights that do not fit (missing and unexpected keys listed).
+            ``nn.Module``, a weights file that is not a state_dict (such as a whole pickled
+            model, which ``weights_only=True`` refuses), or weights that do not fit (missing and
+            unexpected keys and differing shapes listed).
     """
     import torch
 
@@ -147,46 +156,8 @@ def load_torch_module(spec: str, weights: str | Path | None = None):
             "the factory must build and return the model"
         )
     if weights is not None:
-        _load_weights(module, Path(weights))
+        load_weights(module, Path(weights))
     return module.eval()
-
-
-def _load_weights(module, path: Path) -> None:
-    import torch
-
-    if not path.is_file():
-        raise InvalidModelError(f"weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidModelError(
-            f"weights file {str(path)!r} cannot be loaded as a state_dict with weights_only=True: {exc}"
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InvalidModelError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state_dict")
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
-        for key in set(state) & set(expected)
-        if hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
-        if mismatched:
-            parts.append(f"shape mismatches: {', '.join(mismatched[:10])}")
-        raise InvalidModelError(
-            f"weights {str(path)!r} do not fit the model: {'; '.join(parts)}. "
-            "Check that the weights were saved from the same architecture (model.state_dict())."
-        )
-    module.load_state_dict(state)
 
 
 def export_onnx(module, input_shape: tuple[int, ...], *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -1,10 +1,15 @@
 """Train and measure a grid of (cut, codec) cells: the ground truth the accuracy predictor is
 judged against, and the source of its training samples inside ``compile``.
 
-Each cell is trained (``compiler.train``), spliced into ONNX (``compiler.splice``) and measured
-through ONNX Runtime with bit-packing (``compiler.evaluate``). The result file is rewritten
-after every cell, so an interrupted run resumes where it stopped when started again with the
-same settings.
+Each cell is calibrated or trained (``compiler.train``), spliced into ONNX
+(``compiler.splice``) and measured through ONNX Runtime (``compiler.evaluate``). A cell is
+written once per wire coding: ``bitpack`` and ``entropy`` (tables calibrated on the training
+codes, ``runtimes.entropy``) share one accuracy, and ``payload_bytes`` is the true size of the
+wire message of one test sample, header included (mean and p95 over the test set). A
+``finetuned`` codec reuses the ``learned`` unit of the same projection trained just before it
+and fine-tunes only the tail, so its ``train_seconds`` counts both and ``tail_seconds`` the
+fine-tuning alone. The result file is rewritten after every cell, so an interrupted run resumes
+where it stopped when started again with the same settings.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 
-from splitpack.compiler.codec import CodecSpec, check_codec_fits, codec_space, codes_shape, compression_ratio
+from splitpack.compiler.codec import (
+    CodecSpec, check_codec_fits, codec_space, codes_shape, compression_ratio, kept_channels,
+)  # fmt: skip
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.evaluate import evaluate_model, evaluate_split
 from splitpack.compiler.splice import build_variant
@@ -26,14 +34,17 @@ from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import WIRE_BUNDLE_ID_LENGTH
 from splitpack.runtimes.wire import message_bytes
 
-__all__ = ["Cell", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
+__all__ = ["CODINGS", "Cell", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
 
-GRID_FORMAT = "splitpack-grid/1"
+GRID_FORMAT = "splitpack-grid/2"
+
+
+CODINGS = ("bitpack", "entropy")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One measured (cut, codec) cell."""
+    """One measured (cut, codec, coding) cell."""
 
     cut: str
     cut_name: str
@@ -41,15 +52,21 @@ class Cell:
     cut_position: float
     cut_bytes: int
     codec: str
+    method: str
+    coding: str
     channels: int
     stride: int
     bits: int
     channel_fraction: float
     compression_ratio: float
-    payload_bytes: int
+    payload_bytes: float
+    payload_bytes_p95: float
+    packed_payload_bytes: int
     accuracy: float
     train_seconds: float
     train_examples: int
+    tail_seconds: float
+    kept: str
 
 
 def variant_id(cut: Cut, codec: CodecSpec) -> str:
@@ -65,22 +82,58 @@ def payload_bytes_of(cut: Cut, codec: CodecSpec) -> int:
     )
 
 
+def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, train_x, test_codes) -> np.ndarray:
+    """Wire bytes of each test sample's entropy-coded message, tables calibrated on the codes of
+    (a subsample of) the training inputs."""
+    from splitpack.compiler.train import run_onnx
+    from splitpack.runtimes.entropy import calibrate_tables
+    from splitpack.runtimes.wire import encode_payload
+
+    tables = calibrate_tables(run_onnx(head, train_x), codec.bits)
+    vid = variant_id(cut, codec)
+    return np.array([
+        len(encode_payload(test_codes[i:i + 1], bits=codec.bits, bundle_id="0" * WIRE_BUNDLE_ID_LENGTH,
+                           variant_id=vid, compression="entropy", tables=tables))
+        for i in range(len(test_codes))
+    ])
+
+
 def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *, epochs: int, seed: int,
-                 progress: bool, tail_module=None) -> tuple[Cell, TrainedCodec, tuple[onnx.ModelProto, onnx.ModelProto]]:
-    """Train one unit at ``features.cut``, emit its head and tail, measure its accuracy in ONNX Runtime."""
+                 progress: bool, tail_module=None, start_from: TrainedCodec | None = None,
+                 codings: tuple[str, ...] = ("bitpack",),
+                 ) -> tuple[list[Cell], TrainedCodec, tuple[onnx.ModelProto, onnx.ModelProto]]:
+    """Calibrate or train one unit at ``features.cut``, emit its head and tail, and measure its
+    accuracy in ONNX Runtime and its payload under each of ``codings``.
+
+    Returns:
+        ``(cells, trained, (head, tail))``: one cell per coding, in the order of ``codings``.
+    """
     cut = features.cut
-    trained = train_codec(features, codec, epochs=epochs, seed=seed, progress=progress, tail_module=tail_module)
-    head, tail = build_variant(model, cut, codec, trained.encoder, trained.decoder)
+    trained = train_codec(features, codec, epochs=epochs, seed=seed, progress=progress, tail_module=tail_module,
+                          start_from=start_from)
+    head, tail = build_variant(model, cut, codec, trained.encoder, trained.decoder, trained.tail_weights)
     evaluation = evaluate_split(head, tail, dataset.x_test, dataset.y_test, codec.bits)
     channels = cut.shape[0] if len(cut.shape) == 3 else cut.shape[-1]
-    cell = Cell(
-        cut=cut.label, cut_name=cut.name, cut_index=cut.index, cut_position=cut.position,
-        cut_bytes=cut.bytes_per_sample, codec=codec.name, channels=codec.channels, stride=codec.stride,
-        bits=codec.bits, channel_fraction=codec.channels / channels,
-        compression_ratio=compression_ratio(cut.shape, codec), payload_bytes=payload_bytes_of(cut, codec),
-        accuracy=evaluation.accuracy, train_seconds=trained.train_seconds, train_examples=trained.train_examples,
-    )
-    return cell, trained, (head, tail)
+    packed = payload_bytes_of(cut, codec)
+    cells = []
+    for coding in codings:
+        if coding == "bitpack":
+            sizes = np.full(len(evaluation.codes), packed)
+        elif coding == "entropy":
+            sizes = _entropy_payloads(cut, codec, head, dataset.x_train[:2048], evaluation.codes)
+        else:
+            raise InvalidConfigError(f"coding {coding!r} is unknown; allowed: {', '.join(CODINGS)}")
+        cells.append(Cell(
+            cut=cut.label, cut_name=cut.name, cut_index=cut.index, cut_position=cut.position,
+            cut_bytes=cut.bytes_per_sample, codec=codec.name, method=codec.method, coding=coding,
+            channels=kept_channels(cut.shape, codec), stride=codec.stride, bits=codec.bits,
+            channel_fraction=kept_channels(cut.shape, codec) / channels,
+            compression_ratio=compression_ratio(cut.shape, codec), payload_bytes=float(sizes.mean()),
+            payload_bytes_p95=float(np.percentile(sizes, 95)), packed_payload_bytes=packed,
+            accuracy=evaluation.accuracy, train_seconds=trained.train_seconds,
+            train_examples=trained.train_examples, tail_seconds=trained.tail_seconds, kept=",".join(trained.kept),
+        ))
+    return cells, trained, (head, tail)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -101,6 +154,8 @@ def run_grid(
     seed: int = 0,
     progress: bool = True,
     settings: dict | None = None,
+    codings: tuple[str, ...] = CODINGS,
+    input_baselines: Callable[[], list[dict]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Measure every (cut, codec) cell and write ``out`` (JSON) after each one.
@@ -114,6 +169,9 @@ def run_grid(
         out: the grid JSON path; an existing file with the same settings is resumed.
         epochs, seed: training settings.
         settings: extra identifying settings recorded (model spec, data spec).
+        codings: the wire codings each cell is measured with (one cell each).
+        input_baselines: computes the ``input_baselines`` list (the input uploaded as an image
+            at several qualities, measured through the model) when the grid lacks it.
 
     Returns:
         The grid document that was written.
@@ -122,12 +180,16 @@ def run_grid(
     for cut in cuts:
         for codec in plans[cut.label]:
             check_codec_fits(cut.shape, codec, cut.label)
-    identity = {"format": GRID_FORMAT, "epochs": epochs, "seed": seed, **(settings or {})}
-    done: dict[tuple[str, str], dict] = {}
+    identity = {"format": GRID_FORMAT, "epochs": epochs, "seed": seed, "train_examples": len(dataset.x_train),
+                "test_examples": len(dataset.x_test), "codings": list(codings), **(settings or {})}
+    done: dict[tuple[str, str], list[dict]] = {}
+    previous_baselines = None
     if out.exists():
         previous = json.loads(out.read_text())
         if all(previous.get(key) == value for key, value in identity.items()):
-            done = {(cell["cut"], cell["codec"]): cell for cell in previous.get("cells", [])}
+            for cell in previous.get("cells", []):
+                done.setdefault((cell["cut"], cell["codec"]), []).append(cell)
+            previous_baselines = previous.get("input_baselines")
             log(f"resuming {out}: {len(done)} cells already measured")
     baseline = evaluate_model(model, dataset.x_test, dataset.y_test)
     space_sizes = [len(codec_space(cut.shape)) for cut in all_cuts]
@@ -138,22 +200,32 @@ def run_grid(
         "num_classes": dataset.num_classes,
         "space": {"cuts": len(all_cuts), "codecs_per_cut": space_sizes, "cells": sum(space_sizes)},
         "cuts": [cut.to_dict() for cut in cuts],
+        "input_baselines": previous_baselines,
         "cells": [],
     }
+    if input_baselines is not None and previous_baselines is None:
+        document["input_baselines"] = input_baselines()
+        _write_json(out, document)
     for cut in cuts:
         plan = plans[cut.label]
         todo = [codec for codec in plan if (cut.label, codec.name) not in done]
         features = compute_cut_features(model, cut, dataset) if todo else None
         tail_module = frozen_tail(features.tail) if todo else None
+        learned: dict[CodecSpec, TrainedCodec] = {}
         for codec in plan:
             if (cut.label, codec.name) in done:
-                document["cells"].append(done[(cut.label, codec.name)])
+                document["cells"].extend(done[(cut.label, codec.name)])
                 continue
-            cell, _, _ = measure_cell(model, features, codec, dataset, epochs=epochs, seed=seed,
-                                      progress=progress, tail_module=tail_module)
-            document["cells"].append(asdict(cell))
-            log(f"{cut.label:>24} {codec.name:>10}  ratio {cell.compression_ratio:7.1f}x  "
-                f"accuracy {cell.accuracy:6.2f}%  ({cell.train_seconds:.1f} s)")
+            start_from = learned.get(codec.with_method("learned")) if codec.trains_tail else None
+            cells, trained, _ = measure_cell(model, features, codec, dataset, epochs=epochs, seed=seed,
+                                             progress=progress, tail_module=tail_module, start_from=start_from,
+                                             codings=codings)
+            if codec.method == "learned":
+                learned[codec] = trained
+            document["cells"].extend(asdict(cell) for cell in cells)
+            sizes = ", ".join(f"{cell.coding} {cell.payload_bytes:.0f} B" for cell in cells)
+            log(f"{cut.label:>24} {codec.name:>10}  ratio {cells[0].compression_ratio:7.1f}x  "
+                f"accuracy {cells[0].accuracy:6.2f}%  {sizes}  ({cells[0].train_seconds:.1f} s)")
             _write_json(out, document)
     _write_json(out, document)
     return document

@@ -272,9 +272,14 @@ SUPPORTED_OPS = tuple(sorted(set(_ops(17)) | {"Constant"}))
 
 
 class OnnxModule(nn.Module):
-    """An ONNX graph executed node by node with torch operations; initializers are buffers."""
+    """An ONNX graph executed node by node with torch operations.
 
-    def __init__(self, model: onnx.ModelProto):
+    Initializers are buffers; with ``trainable=True`` the floating-point ones (weights, biases,
+    norm scales — not BatchNormalization's running statistics) are parameters instead, and
+    :meth:`trained_initializers` returns their current values by initializer name.
+    """
+
+    def __init__(self, model: onnx.ModelProto, trainable: bool = False):
         super().__init__()
         graph = model.graph
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -287,9 +292,16 @@ class OnnxModule(nn.Module):
                 f"compression units and convert heads); supported: {', '.join(SUPPORTED_OPS)}"
             )
         self._names: dict[str, str] = {}
+        self._trainable: dict[str, str] = {}
+        statistics = {name for node in graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
         for index, init in enumerate(graph.initializer):
             key = f"c{index}"
-            self.register_buffer(key, torch.from_numpy(numpy_helper.to_array(init).copy()), persistent=False)
+            value = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if trainable and value.is_floating_point() and value.numel() > 1 and init.name not in statistics:
+                self.register_parameter(key, nn.Parameter(value))
+                self._trainable[init.name] = key
+            else:
+                self.register_buffer(key, value, persistent=False)
             self._names[init.name] = key
         self._nodes = []
         for node in graph.node:
@@ -308,6 +320,10 @@ class OnnxModule(nn.Module):
         self._inputs = [v.name for v in graph.input if v.name not in initializers]
         self._outputs = [v.name for v in graph.output]
 
+    def trained_initializers(self) -> dict[str, np.ndarray]:
+        """Current values of the trainable initializers, by ONNX initializer name."""
+        return {name: getattr(self, key).detach().numpy().copy() for name, key in self._trainable.items()}
+
     def forward(self, *inputs: torch.Tensor):
         values: dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         values.update(zip(self._inputs, inputs))
@@ -322,6 +338,7 @@ class OnnxModule(nn.Module):
         return results[0] if len(results) == 1 else results
 
 
-def to_torch(model: onnx.ModelProto) -> OnnxModule:
-    """The ONNX ``model`` as a torch module in eval mode (see the module docstring)."""
-    return OnnxModule(model).eval()
+def to_torch(model: onnx.ModelProto, trainable: bool = False) -> OnnxModule:
+    """The ONNX ``model`` as a torch module in eval mode (see the module docstring); with
+    ``trainable`` its floating-point weights are parameters (:class:`OnnxModule`)."""
+    return OnnxModule(model, trainable).eval()

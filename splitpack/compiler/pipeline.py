@@ -1,7 +1,14 @@
 """``splitpack compile``: the steps from a trained model to a verified bundle, top to bottom.
 
     load → cuts → profile → sample (train a few cells) → predict → select the variant set →
-    train the chosen variants (final) → TFLite heads → bundle → verify
+    train the chosen variants (final) → entropy tables, input upload, TFLite heads → bundle →
+    verify
+
+The emit step calibrates entropy tables for every chosen split variant on the codes of the
+training inputs (a variant keeps bit-packing when that sends fewer bytes), and for an image
+input chooses the ``edge`` variant's upload: the lowest JPEG / WebP quality whose accuracy
+through the model stays within ``max_accuracy_drop`` of the lossless upload, on up to
+``UPLOAD_SAMPLES`` test images (:func:`~splitpack.compiler.input_upload.choose_input_upload`).
 
 Every step keeps its result in the work folder (``<out>.work/<settings hash>/``): trained
 cells, the profile, the chosen set, the final artifacts. A run interrupted midway resumes
@@ -34,7 +41,9 @@ from splitpack.predictors.sampling import sample_and_fit
 from splitpack.predictors.selector import Constraints
 from splitpack.predictors.variant_set import OperatingRange, choose_variant_set
 
-__all__ = ["compile_bundle", "CompileResult"]
+__all__ = ["compile_bundle", "CompileResult", "UPLOAD_SAMPLES"]
+
+UPLOAD_SAMPLES = 2000  # test images that measure the edge variant's upload curve
 
 
 class CompileResult(dict):
@@ -90,8 +99,8 @@ class _Trainer:
 
         def compute():
             features, tail_module = self._cut_state(cut)
-            cell, _, (head, tail) = measure_cell(self.model, features, codec, self.dataset, epochs=epochs,
-                                                  seed=self.settings.seed, progress=True, tail_module=tail_module)
+            (cell,), _, (head, tail) = measure_cell(self.model, features, codec, self.dataset, epochs=epochs,
+                                                     seed=self.settings.seed, progress=True, tail_module=tail_module)
             if keep_artifacts:
                 onnx.save(head, str(self.work.path(folder, key, "head.onnx")))
                 onnx.save(tail, str(self.work.path(folder, key, "tail.onnx")))
@@ -258,8 +267,28 @@ def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str],
     selection = step(f"select {settings.variants} variants and train them", lambda: work.json("selection", select_and_train))
     log(f"    chosen: {', '.join(selection['chosen'])} (coverage regret mean {selection['coverage_regret_mean']:.3f})")
     work.path("predictor.json").write_text(predictor.to_json())
-    result = step("emit, TFLite, bundle and verify", lambda: emit_bundle(
-        settings=settings, out=out, work=work.root, model=model, cuts=cuts, dataset=dataset, baseline=baseline,
-        profile=profile, selection=selection, predictor_json=predictor.to_json(), log=log))
+
+    def emit():
+        from splitpack.compiler.emit import entropy_calibration_codes
+        from splitpack.compiler.input_upload import choose_input_upload
+
+        entropy = {vid: entropy_calibration_codes(onnx.load(str(work.path("final", vid, "head.onnx"))), dataset)
+                   for vid in selection["chosen"]}
+        upload = None
+        shape = tuple(dataset.input_shape)
+        if len(shape) == 3 and shape[0] in (1, 3):  # image input: JPEG / WebP are what users send
+            upload = choose_input_upload(
+                model, dataset.to_uint8(dataset.x_test[:UPLOAD_SAMPLES]), dataset.y_test[:UPLOAD_SAMPLES],
+                max_accuracy_drop=settings.max_accuracy_drop,
+                preprocessing={"mean": list(dataset.mean), "std": list(dataset.std)})
+            point = upload.choice
+            log(f"    edge upload: {point.format}{'' if point.quality is None else f' quality {point.quality}'}, "
+                f"{point.payload_bytes:.0f} B mean, {point.accuracy:.2f}% (floor {upload.min_accuracy:.2f}%)")
+        return emit_bundle(
+            settings=settings, out=out, work=work.root, model=model, cuts=cuts, dataset=dataset, baseline=baseline,
+            profile=profile, selection=selection, predictor_json=predictor.to_json(), log=log,
+            entropy=entropy, edge_upload=upload)
+
+    result = step("entropy tables, input upload, emit, TFLite, bundle and verify", emit)
     return CompileResult(bundle=str(out), archive=result["archive"], work=str(work.root), step_seconds=timings,
                          variants=result["variants"])

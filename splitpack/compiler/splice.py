@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
 import onnx.compose
 
@@ -21,7 +22,7 @@ from splitpack.compiler.cuts import Cut
 from splitpack.compiler.split import split_at
 from splitpack.errors import InternalError
 
-__all__ = ["CODES_NAME", "export_codec", "splice_codec", "build_variant"]
+__all__ = ["CODES_NAME", "export_codec", "splice_codec", "build_variant", "with_initializers"]
 
 CODES_NAME = "codes"
 _FEATURES = "features"
@@ -88,9 +89,40 @@ def splice_codec(head: onnx.ModelProto, tail: onnx.ModelProto, cut: Cut, encoder
     return spliced_head, spliced_tail
 
 
-def build_variant(model: onnx.ModelProto, cut: Cut, codec: CodecSpec, encoder, decoder):
-    """Split ``model`` at ``cut`` and splice the trained unit in: the emitted head and tail."""
+def with_initializers(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``values`` hold the new arrays.
+
+    Raises:
+        InternalError: a name that is not an initializer, or a shape or dtype that differs.
+    """
+    from onnx import numpy_helper
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    found = set()
+    for index, init in enumerate(result.graph.initializer):
+        if init.name not in values:
+            continue
+        old = numpy_helper.to_array(init)
+        new = np.asarray(values[init.name])
+        if new.shape != old.shape or new.dtype != old.dtype:
+            raise InternalError(f"initializer {init.name!r}: new value {new.dtype} {new.shape} does not "
+                                f"replace {old.dtype} {old.shape}")
+        result.graph.initializer[index].CopyFrom(numpy_helper.from_array(new, init.name))
+        found.add(init.name)
+    missing = sorted(set(values) - found)
+    if missing:
+        raise InternalError(f"{len(missing)} tail weight(s) are not initializers of the tail: {missing[:5]}")
+    return result
+
+
+def build_variant(model: onnx.ModelProto, cut: Cut, codec: CodecSpec, encoder, decoder, tail_weights=None):
+    """Split ``model`` at ``cut`` and splice the trained unit in: the emitted head and tail.
+
+    ``tail_weights`` (initializer name -> array, from tail fine-tuning) replace the tail's."""
     head, tail = split_at(model, cut)
+    if tail_weights:
+        tail = with_initializers(tail, tail_weights)
     encoder_onnx, decoder_onnx = export_codec(encoder, decoder, cut, codec, model)
     return splice_codec(head, tail, cut, encoder_onnx, decoder_onnx)
 

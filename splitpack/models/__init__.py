@@ -14,8 +14,8 @@ from torch import nn
 from splitpack.models.cnn import plain_cnn, vgg_bn_small
 from splitpack.models.densenet import densenet_small
 from splitpack.models.digits import digits_cnn, evaluate_accuracy, train_classifier
-from splitpack.models.mobilenet import mobilenetv2_small
-from splitpack.models.resnet import resnet_small
+from splitpack.models.mobilenet import cifar_mobilenetv2, mobilenetv2_small
+from splitpack.models.resnet import cifar_resnet20, resnet_small
 from splitpack.models.vit import vit_small
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "plain_cnn",
     "resnet_small",
     "mobilenetv2_small",
+    "cifar_resnet20",
+    "cifar_mobilenetv2",
     "densenet_small",
     "vgg_bn_small",
     "vit_small",
@@ -36,6 +38,8 @@ REFERENCE_MODELS: dict[str, Callable[..., nn.Module]] = {
     "plain_cnn": plain_cnn,
     "resnet_small": resnet_small,
     "mobilenetv2_small": mobilenetv2_small,
+    "cifar_resnet20": cifar_resnet20,
+    "cifar_mobilenetv2": cifar_mobilenetv2,
     "densenet_small": densenet_small,
     "vgg_bn_small": vgg_bn_small,
     "vit_small": vit_small,
@@ -47,6 +51,8 @@ REFERENCE_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "plain_cnn": (3, 32, 32),
     "resnet_small": (3, 32, 32),
     "mobilenetv2_small": (3, 32, 32),
+    "cifar_resnet20": (3, 32, 32),
+    "cifar_mobilenetv2": (3, 32, 32),
     "densenet_small": (3, 32, 32),
     "vgg_bn_small": (3, 32, 32),
     "vit_small": (3, 32, 32),

@@ -30,12 +30,17 @@ from pydantic import (
 from splitpack.errors import InvalidBundleError
 
 __all__ = [
-    "SCHEMA_VERSION", "MANIFEST_NAME", "TensorSpec", "Preprocessing", "Quantization", "Artifacts",
-    "LatencyProfile", "TfliteLayout", "Variant", "FileEntry", "Samples", "Manifest",
+    "SCHEMA_VERSION", "MANIFEST_NAME", "CODINGS", "UPLOAD_FORMATS", "TensorSpec", "Preprocessing",
+    "Quantization", "Artifacts", "InputUpload", "LatencyProfile", "TfliteLayout", "Variant",
+    "FileEntry", "Samples", "Manifest",
     "safe_relpath", "compute_bundle_id", "build_manifest", "parse_manifest", "manifest_to_json",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 1
+# 2: quantization.coding, artifacts.entropy_tables, the edge variant's upload, payload_bytes_p95.
+SCHEMA_VERSION = 2
+CODINGS = ("bitpack", "entropy")
+UPLOAD_FORMATS = ("zlib", "png", "jpeg", "webp")
+_LOSSY_UPLOADS = ("jpeg", "webp")
 MANIFEST_NAME = "manifest.json"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _PLACEHOLDER_ID = "0" * 64
@@ -118,21 +123,43 @@ class Preprocessing(_Closed):
 class Quantization(_Closed):
     """Uniform quantization at the cut: ``value = code * scale + offset``.
 
-    ``codes_shape`` is the shape of the codes of one sample (no batch dimension).
+    ``codes_shape`` is the shape of the codes of one sample (no batch dimension). ``coding``
+    says how the codes travel: ``bitpack`` (bit-packed) or ``entropy`` (rANS with the static
+    tables in ``artifacts.entropy_tables``; the edge still accepts bit-packed codes).
     """
 
     bits: Literal[1, 2, 4, 8]
     scale: float = Field(gt=0)
     offset: float
     codes_shape: list[Dim] = Field(min_length=1)
+    coding: Literal["bitpack", "entropy"] = "bitpack"
 
 
 class Artifacts(_Closed):
-    """Model files of a variant, as paths relative to the bundle root (None when absent)."""
+    """Files of a variant, as paths relative to the bundle root (None when absent):
+    its models, and for an entropy-coded split variant its tables (``.npz``)."""
 
     head: RelPath | None
     head_tflite: RelPath | None
     tail: RelPath | None
+    entropy_tables: RelPath | None = None
+
+
+class InputUpload(_Closed):
+    """How the ``edge`` variant uploads the input: ``zlib`` or ``png`` (lossless), or ``jpeg`` /
+    ``webp`` at ``quality`` 1..100 (chosen at compile time as the lowest that meets the floor)."""
+
+    format: Literal["zlib", "png", "jpeg", "webp"]
+    quality: int | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _quality(self) -> "InputUpload":
+        if self.format in _LOSSY_UPLOADS and self.quality is None:
+            raise ValueError(f"upload format {self.format!r} needs a quality in 1..100")
+        if self.format not in _LOSSY_UPLOADS and self.quality is not None:
+            raise ValueError(f"upload format {self.format!r} is lossless and takes no quality "
+                             f"(found {self.quality}); only {', '.join(_LOSSY_UPLOADS)} do")
+        return self
 
 
 class LatencyProfile(_Closed):
@@ -159,7 +186,10 @@ class Variant(_Closed):
     """One deployable plan: a split at ``cut`` with a codec, or ``local`` / ``edge`` whole model.
 
     Accuracies are top-1 in percent. ``split`` variants have a cut, codec, quantization, head
-    and tail; ``local`` runs the whole model as its head, ``edge`` as its tail.
+    and tail; ``local`` runs the whole model as its head, ``edge`` as its tail, fed by the
+    input as ``upload`` says (None: zlib, lossless). ``payload_bytes`` is what one sample's
+    message really takes on the wire, header included (the mean where it depends on the
+    content), ``payload_bytes_p95`` its 95th percentile.
     """
 
     id: VariantId
@@ -169,6 +199,7 @@ class Variant(_Closed):
     codec: str | None
     compression_ratio: float = Field(gt=0)
     payload_bytes: int = Field(ge=0)
+    payload_bytes_p95: int | None = Field(default=None, ge=0)
     accuracy: float = Field(ge=0, le=100)
     predicted_accuracy: float | None = Field(ge=0, le=100)
     artifacts: Artifacts
@@ -178,6 +209,7 @@ class Variant(_Closed):
     latency: LatencyProfile
     tflite: TfliteLayout | None = None
     tflite_max_abs_diff: float | None = Field(default=None, ge=0)
+    upload: InputUpload | None = None
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "Variant":
@@ -191,9 +223,15 @@ class Variant(_Closed):
         if self.kind == "local":
             nonzero = [name for name in ("payload_bytes", "latency.tail_ms", "latency.decode_ms",
                                          "latency.result_bytes") if _dotted(self, name) != 0]
+            nonzero += ["payload_bytes_p95"] if self.payload_bytes_p95 not in (None, 0) else []
             if nonzero:
                 raise ValueError(f"local variant '{self.id}' sends nothing and runs nothing "
                                  f"on the edge, so {', '.join(nonzero)} must be 0")
+        entropy = self.quantization is not None and self.quantization.coding == "entropy"
+        if entropy != (self.artifacts.entropy_tables is not None):
+            raise ValueError(f"variant '{self.id}': quantization.coding 'entropy' and "
+                             "artifacts.entropy_tables go together (the tables file codes the "
+                             "codes); set both or neither")
         tflite_fields = (self.tflite, self.tflite_max_abs_diff)
         if self.artifacts.head_tflite is None and tflite_fields != (None, None):
             raise ValueError(f"variant '{self.id}' sets tflite / tflite_max_abs_diff but has no "
@@ -203,8 +241,9 @@ class Variant(_Closed):
 
 # Per variant kind: the fields it needs, and the fields it must leave None.
 _KIND_RULES = {
-    "split": (("cut", "codec", "quantization", "artifacts.head", "artifacts.tail"), ()),
-    "local": (("artifacts.head",), ("cut", "cut_label", "codec", "quantization", "artifacts.tail")),
+    "split": (("cut", "codec", "quantization", "artifacts.head", "artifacts.tail"), ("upload",)),
+    "local": (("artifacts.head",), ("cut", "cut_label", "codec", "quantization", "artifacts.tail",
+                                    "upload")),
     "edge": (("artifacts.tail",), ("cut", "cut_label", "codec", "quantization", "artifacts.head",
                                    "artifacts.head_tflite")),
 }

@@ -20,7 +20,7 @@ from splitpack.predictors.accuracy import CellFeatures, fit_predictor, knee_rati
 from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
 from splitpack.predictors.sampling import sample_and_fit
 
-__all__ = ["validate_grid", "replay_grid", "LatencySetting"]
+__all__ = ["validate_grid", "replay_grid", "bitpacked_cells", "LatencySetting"]
 
 Key = tuple[str, str]  # (cut label, codec)
 
@@ -40,7 +40,7 @@ def validate_grid(grid: dict, budget: int) -> None:
     for key in ("baseline_accuracy", "space", "cells", "cuts"):
         if key not in grid:
             raise InvalidConfigError(f"grid has no {key!r}; produce it with `splitpack bench grid`")
-    cells = grid["cells"]
+    cells = bitpacked_cells(grid)
     if budget > len(cells) // 2:
         raise InvalidConfigError(
             f"grid has {len(cells)} cells, too few for a budget of {budget}: a replay needs at least twice "
@@ -119,7 +119,7 @@ def _plans(grid: dict, predicted: dict[Key, float], setting: LatencySetting, max
 
 def _score(grid: dict, name: str, predicted: dict[Key, float], trained: set[Key], cost: float, *, tolerance: float,
            setting: LatencySetting, max_drop: float, bandwidths: np.ndarray) -> dict:
-    cells = grid["cells"]
+    cells = bitpacked_cells(grid)
     errors = [abs(predicted[(c["cut"], c["codec"])] - c["accuracy"]) for c in cells if (c["cut"], c["codec"]) not in trained]
     knee = _knee_steps(cells, predicted, grid["baseline_accuracy"], tolerance)
     return {
@@ -159,6 +159,13 @@ def _per_cut_budget(cuts: list[str], budget: int) -> dict[str, int]:
     return {cut: budget // len(cuts) + (1 if i < budget % len(cuts) else 0) for i, cut in enumerate(cuts)}
 
 
+def bitpacked_cells(grid: dict) -> list[dict]:
+    """The grid's cells, once per (cut, codec): a grid measures each unit under every wire
+    coding with one accuracy; the replay plans with the bit-packed bytes (grids written before
+    codings existed have only those)."""
+    return [cell for cell in grid["cells"] if cell.get("coding", "bitpack") == "bitpack"]
+
+
 def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: float = 1.0, seed: int = 0,
                 setting: LatencySetting | None = None) -> dict:
     """Run every method at ``budget`` cells against ``grid`` and score them.
@@ -171,7 +178,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     setting = setting or LatencySetting()
     bandwidths = np.logspace(np.log10(0.5), np.log10(100), 25)
     baseline = grid["baseline_accuracy"]
-    cells = grid["cells"]
+    cells = bitpacked_cells(grid)
     by_features = {_features(c): c for c in cells}
     score = dict(tolerance=tolerance, setting=setting, max_drop=max_drop, bandwidths=bandwidths)
     cuts = list(dict.fromkeys(c["cut"] for c in cells))

@@ -10,8 +10,11 @@ Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.runti
 * the wire carries a short bundle id, the first ``WIRE_BUNDLE_ID_LENGTH`` hex digits of
   ``manifest.bundle_id`` (:func:`wire_bundle_id`), which payload sizes in the manifest assume;
 * a ``split`` variant sends its head's uint8 codes with the manifest's ``quantization`` (bits,
-  scale, offset, codes_shape); the ``edge`` variant sends the raw uint8 input with bits 8,
-  ``RAW_SCALE`` and ``RAW_OFFSET`` (:func:`expected_wire_input`);
+  scale, offset, codes_shape), bit-packed (``none`` / ``zlib``) or, when its ``coding`` is
+  ``entropy``, entropy-coded with the tables of ``artifacts.entropy_tables``
+  (:func:`load_entropy_tables`); the ``edge`` variant sends the raw uint8 input with bits 8,
+  ``RAW_SCALE`` and ``RAW_OFFSET``, losslessly or in the lossy format of its ``upload``
+  (:func:`upload_of`); :func:`expected_wire_input` lists what the edge accepts;
 * raw pixels become the model input as ``(u8 / input_range - mean) / std`` per channel
   (:func:`normalize_uint8`); without ``preprocessing`` the pixels are passed as float32.
 """
@@ -28,16 +31,20 @@ import numpy as np
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
 from splitpack.packaging.bundle import Bundle
 from splitpack.packaging.manifest import Manifest, Preprocessing, Variant
+from splitpack.runtimes.entropy import EntropyTables, channel_axis, load_tables
+from splitpack.runtimes.wire import encode_payload, message_bytes
 
 __all__ = [
-    "WIRE_BUNDLE_ID_LENGTH", "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "WireInput",
-    "OnnxBackend", "LiteRtBackend", "load_backend", "wire_bundle_id", "expected_wire_input",
-    "normalize_uint8", "denormalize_to_uint8", "layout_permutation",
+    "WIRE_BUNDLE_ID_LENGTH", "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",
+    "WireInput", "OnnxBackend", "LiteRtBackend", "load_backend", "wire_bundle_id",
+    "expected_wire_input", "upload_of", "load_entropy_tables", "encode_request", "normalize_uint8",
+    "denormalize_to_uint8", "layout_permutation",
 ]  # fmt: skip
 
 WIRE_BUNDLE_ID_LENGTH = 16
 RAW_SCALE, RAW_OFFSET = 1.0, 0.0  # a raw upload's codes are the pixels themselves
 BACKEND_KINDS = ("onnxruntime", "litert")
+LOSSLESS_UPLOADS = ("none", "zlib", "png")  # the edge variant always accepts these
 _ORT_DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
@@ -56,13 +63,51 @@ def wire_bundle_id(manifest: Manifest) -> str:
 
 @dataclass(frozen=True)
 class WireInput:
-    """What a valid request for one variant carries: dtype, bits, per-sample shape, scale, offset."""
+    """What a valid request for one variant carries: dtype, bits, per-sample shape, scale,
+    offset, and the wire compressions the edge accepts for it."""
 
     dtype: str
     bits: int
     shape: tuple[int | str, ...]
     scale: float
     offset: float
+    compressions: tuple[str, ...] = ("none", "zlib")
+
+
+def upload_of(variant: Variant) -> tuple[str, int | None]:
+    """How the ``edge`` variant uploads the input: (wire compression, quality).
+
+    A variant without ``upload`` sends zlib (lossless), as bundles did before uploads had a
+    format.
+    """
+    if variant.kind != "edge":
+        raise InvalidConfigError(f"variant {variant.id!r} ({variant.kind}) uploads no input; "
+                                 "only the edge variant does")
+    if variant.upload is None:
+        return "zlib", None
+    return variant.upload.format, variant.upload.quality
+
+
+def load_entropy_tables(bundle: Bundle, variant: Variant) -> EntropyTables | None:
+    """The entropy tables of a split variant whose ``coding`` is ``entropy`` (else None),
+    checked against the bundle's sha256 and against the codes the variant sends.
+
+    Raises:
+        InvalidBundleError: naming the file, when it is missing, corrupted, or made for other
+            bits or channels than the variant's codes.
+    """
+    relpath = variant.artifacts.entropy_tables
+    if variant.quantization is None or variant.quantization.coding != "entropy" or relpath is None:
+        return None
+    q = variant.quantization
+    codes_rank = len(q.codes_shape) + 1
+    if codes_rank not in (2, 3, 4):
+        raise InvalidBundleError(f"variant {variant.id!r}: codes of shape {q.codes_shape} cannot "
+                                 "be entropy-coded (ranks 2 to 4 with the batch); recompile with "
+                                 "coding 'bitpack'")
+    channels = q.codes_shape[channel_axis(codes_rank) - 1]
+    return load_tables(bundle.read_bytes(relpath), expect_bits=q.bits, expect_channels=channels,
+                       name=f"{relpath} (variant {variant.id!r} of bundle {bundle.root})")
 
 
 def expected_wire_input(manifest: Manifest, variant: Variant) -> WireInput:
@@ -74,14 +119,52 @@ def expected_wire_input(manifest: Manifest, variant: Variant) -> WireInput:
 
     Returns:
         The expected header fields; ``shape`` excludes the batch and may hold symbolic dims.
+        A split variant accepts bit-packed codes (and entropy-coded ones when its coding is
+        ``entropy``); the edge variant accepts lossless uploads and its own upload format.
     """
     if variant.kind == "split" and variant.quantization is not None:
         q = variant.quantization
-        return WireInput("uint8", q.bits, tuple(q.codes_shape), q.scale, q.offset)
+        compressions = ("none", "zlib") + (("entropy",) if q.coding == "entropy" else ())
+        return WireInput("uint8", q.bits, tuple(q.codes_shape), q.scale, q.offset, compressions)
     if variant.kind == "edge":
-        return WireInput("uint8", 8, tuple(manifest.input.shape[1:]), RAW_SCALE, RAW_OFFSET)
+        upload, _ = upload_of(variant)
+        compressions = LOSSLESS_UPLOADS + ((upload,) if upload not in LOSSLESS_UPLOADS else ())
+        return WireInput("uint8", 8, tuple(manifest.input.shape[1:]), RAW_SCALE, RAW_OFFSET,
+                         compressions)
     raise InvalidConfigError(f"variant {variant.id!r} ({variant.kind}) sends nothing to the "
                              "edge; only split variants and the edge variant have a wire input")
+
+
+def encode_request(variant: Variant, array: np.ndarray, *, wire_bundle_id: str,
+                   tables: EntropyTables | None = None) -> bytes:
+    """The wire message a device sends for ``variant``.
+
+    Args:
+        variant: A split variant (``array``: its head's uint8 codes) or the edge variant
+            (``array``: uint8 pixels, batch first).
+        wire_bundle_id: :func:`wire_bundle_id` of the bundle.
+        tables: The split variant's entropy tables (:func:`load_entropy_tables`), if any.
+
+    Returns:
+        Split codes entropy-coded with ``tables`` when that is smaller than bit-packing (codes
+        far from the calibration can cost more), else bit-packed; the edge upload in its
+        variant's format (:func:`upload_of`).
+    """
+    ids = {"bundle_id": wire_bundle_id, "variant_id": variant.id}
+    if variant.kind == "edge":
+        compression, quality = upload_of(variant)
+        return encode_payload(array, bits=8, scale=RAW_SCALE, offset=RAW_OFFSET,
+                              compression=compression, quality=quality, **ids)
+    q = variant.quantization
+    if variant.kind != "split" or q is None:
+        raise InvalidConfigError(f"variant {variant.id!r} ({variant.kind}) sends nothing to the "
+                                 "edge")
+    fields = {"bits": q.bits, "scale": q.scale, "offset": q.offset, **ids}
+    if tables is not None:
+        message = encode_payload(array, compression="entropy", tables=tables, **fields)
+        if len(message) <= message_bytes(np.shape(array), q.bits, **ids):
+            return message
+    return encode_payload(array, **fields)
 
 
 def _channel_stats(preprocessing: Preprocessing, values: np.ndarray) -> tuple:

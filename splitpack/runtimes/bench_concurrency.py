@@ -16,11 +16,13 @@ import numpy as np
 
 from splitpack.errors import InternalError, InvalidConfigError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, wire_bundle_id
+from splitpack.runtimes.backends import (
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)  # fmt: skip
 from splitpack.runtimes.bench_support import (
     MAX_BUSY_RETRIES, OCTET_STREAM_HEADERS, edge_process, host_info, model_input, percentile,
 )
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["CONCURRENCY_FORMAT", "run_concurrency_benchmark", "add_bench_concurrency_command"]
 
@@ -34,16 +36,15 @@ def _wire_payloads(bundle: Bundle, inputs: np.ndarray) -> list[tuple[str, int, b
     payloads = []
     for variant in manifest.variants:
         if variant.kind == "split":
-            head, q = load_backend(bundle, variant), variant.quantization
+            head, tables = load_backend(bundle, variant), load_entropy_tables(bundle, variant)
             for index in range(len(inputs)):
                 codes = head.run(model_inputs[index:index + 1])
-                payloads.append((variant.id, index, encode_payload(
-                    codes, bundle_id=wire_id, variant_id=variant.id, bits=q.bits, scale=q.scale,
-                    offset=q.offset)))
-        elif variant.kind == "edge":
-            payloads += [(variant.id, index, encode_payload(
-                inputs[index:index + 1], bundle_id=wire_id, variant_id=variant.id, bits=8,
-                scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")) for index in range(len(inputs))]
+                payloads.append((variant.id, index, encode_request(
+                    variant, codes, wire_bundle_id=wire_id, tables=tables)))
+        elif variant.kind == "edge":  # as DeviceRuntime uploads: the manifest's format
+            payloads += [(variant.id, index, encode_request(
+                variant, inputs[index:index + 1], wire_bundle_id=wire_id))
+                for index in range(len(inputs))]
     return payloads
 
 

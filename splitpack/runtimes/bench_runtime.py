@@ -16,7 +16,7 @@ differences being measured.
 
 :class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
 the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x their measured
-time, :func:`encode_payload`, the shaped link, ``POST /v1/infer`` with httpx); they have no
+time, :func:`encode_request`, the shaped link, ``POST /v1/infer`` with httpx); they have no
 selector and no fallback, so an edge failure there is an error and a lost request.
 
 Imports what the runtimes import (numpy, httpx, onnxruntime); matplotlib only to plot.
@@ -39,13 +39,15 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, load_backend, wire_bundle_id
+from splitpack.runtimes.backends import (
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)  # fmt: skip
 from splitpack.runtimes.bench_support import (
     OCTET_STREAM_HEADERS, edge_process, host_info, model_input, percentile,
 )
 from splitpack.runtimes.device import DeviceRuntime, InferenceResult
 from splitpack.runtimes.netem import BandwidthTrace, ShapedLink, load_trace
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["run_runtime_benchmark", "add_bench_runtime_commands"]
 
@@ -76,6 +78,7 @@ class _FixedVariant:
         self.variant = next(v for v in self.manifest.variants if v.id == variant_id)
         self.head = heads.get(variant_id)
         self.wire_id = wire_bundle_id(self.manifest)
+        self.tables = load_entropy_tables(bundle, self.variant)
         self.client, self.link, self.device_slowdown = client, link, device_slowdown
 
     def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -95,15 +98,13 @@ class _FixedVariant:
             output, head_ms = self._run_head(batch)
             return InferenceResult(output[0], vid, kind, (time.perf_counter() - started) * 1e3,
                                    head_ms, 0.0, 0.0, False)
-        if kind == "edge":
-            payload = encode_payload(batch, bundle_id=self.wire_id, variant_id=vid, bits=8,
-                                     scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")
+        if kind == "edge":  # the upload the manifest names, as DeviceRuntime sends it
+            payload = encode_request(self.variant, batch, wire_bundle_id=self.wire_id)
             head_ms = (time.perf_counter() - started) * 1e3
         else:
             codes, head_ms = self._run_head(batch)
-            q = self.variant.quantization
-            payload = encode_payload(codes, bundle_id=self.wire_id, variant_id=vid, bits=q.bits,
-                                     scale=q.scale, offset=q.offset)
+            payload = encode_request(self.variant, codes, wire_bundle_id=self.wire_id,
+                                     tables=self.tables)
         link_s = self.link.send(len(payload)) if self.link is not None else 0.0
         sent = time.perf_counter()
         output, edge_ms = _post(self.client, payload, vid)

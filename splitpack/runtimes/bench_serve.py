@@ -40,9 +40,11 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import load_backend, normalize_uint8, wire_bundle_id
+from splitpack.runtimes.backends import (
+    encode_request, load_backend, load_entropy_tables, normalize_uint8, wire_bundle_id,
+)  # fmt: skip
 from splitpack.runtimes.bench_support import OCTET_STREAM_HEADERS, free_port
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["SERVE_FORMAT", "ENGINES", "run_serve_benchmark", "add_bench_serve_command"]
 
@@ -110,10 +112,9 @@ def _payloads(bundle: Bundle, variant_id: str | None) -> tuple[dict, list[bytes]
     if inputs.dtype == np.uint8 and bundle.manifest.input.dtype != "uint8":
         inputs = normalize_uint8(inputs, bundle.manifest.preprocessing)
     head, q = load_backend(bundle, variant), variant.quantization
-    wire_id = wire_bundle_id(bundle.manifest)
-    payloads = [encode_payload(head.run(inputs[i:i + 1]), bundle_id=wire_id, variant_id=variant.id,
-                               bits=q.bits, scale=q.scale, offset=q.offset)
-                for i in range(len(inputs))]
+    wire_id, tables = wire_bundle_id(bundle.manifest), load_entropy_tables(bundle, variant)
+    payloads = [encode_request(variant, head.run(inputs[i:i + 1]), wire_bundle_id=wire_id,
+                               tables=tables) for i in range(len(inputs))]
     facts = {"id": variant.id, "payload_bytes": len(payloads[0]), "bits": q.bits,
              "codes_shape": list(q.codes_shape), "compression_ratio": variant.compression_ratio}
     return facts, payloads, [expected[variant.id][i:i + 1] for i in range(len(inputs))]

@@ -7,8 +7,11 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    :class:`Conditions`: the uplink from a :class:`BandwidthEstimator` fed by its own transfers,
    ``device_load`` and ``edge_load`` as EWMAs of observed / profiled compute (clamped to >= 1);
 2. runs the head (stretched to ``device_slowdown`` x its measured time, to emulate a slower
-   device), encodes the wire payload, pushes it through the emulated ``link`` if one is given,
-   and POSTs it to the edge (see :mod:`splitpack.runtimes.edge` for the protocol);
+   device), encodes the wire payload (codes bit-packed, or entropy-coded with the variant's
+   tables when its coding is ``entropy`` and that is smaller; an ``edge`` upload in the
+   format its ``upload`` names, JPEG or WebP at the compiled quality, else zlib), pushes it
+   through the emulated ``link`` if one is given, and POSTs it to the edge (see
+   :mod:`splitpack.runtimes.edge` for the protocol);
 3. on a timeout, connection error, non-200 answer or malformed response, answers the same
    request with the ``local`` variant (no request is lost) and marks the edge down. While down
    every request runs locally, and at most every ``probe_interval_s`` one request first probes
@@ -24,7 +27,8 @@ after each exploration that leaves ``local`` preferred, up to ``MAX_EXPLORE_BACK
 Each exploration is a request answered late when the edge is the worse choice, so a link that
 stays bad is explored less and less often (but never less than once per 8 intervals).
 
-Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, standard library.
+Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, constriction,
+Pillow, standard library.
 """
 
 from __future__ import annotations
@@ -45,18 +49,19 @@ from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
 from splitpack.predictors.selector import Constraints, Selector
 from splitpack.runtimes.backends import (
-    RAW_OFFSET, RAW_SCALE, denormalize_to_uint8, load_backend, normalize_uint8, wire_bundle_id,
+    denormalize_to_uint8, encode_request, load_backend, load_entropy_tables, normalize_uint8,
+    wire_bundle_id,
 )  # fmt: skip
 from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 
 LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
-# The edge variant's uploads are zlib-compressed pixels, whose size depends on the image; the
-# manifest states the uncompressed size. The bundle's samples give a first size, and the bytes
-# really sent (EWMA, one-sample requests) take the place of the planned size once they differ
-# from it by more than this fraction.
+# The edge variant's uploads (zlib, PNG, JPEG, WebP) and entropy-coded codes have sizes that
+# depend on the content; the manifest states their mean. The bundle's samples give a first size
+# for the edge variant, and the bytes really sent (EWMA, one-sample requests) take the place of
+# the planned size once they differ from it by more than this fraction.
 PAYLOAD_SMOOTHING = 0.2
 PAYLOAD_TOLERANCE = 0.1
 MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
@@ -160,6 +165,8 @@ class DeviceRuntime:
         self.wire_bundle_id = wire_bundle_id(self.manifest)
         self.variants = {v.id: v for v in self.manifest.variants}
         self.local_id = next(v.id for v in self.manifest.variants if v.kind == "local")
+        self.tables = {v.id: tables for v in self.manifest.variants
+                       if (tables := load_entropy_tables(self.bundle, v)) is not None}
         # Every head up front: a switch must never wait for a session to be created.
         self.heads = {v.id: load_backend(self.bundle, v, backend, threads=threads)
                       for v in self.manifest.variants if v.kind in ("split", "local")}
@@ -294,15 +301,12 @@ class DeviceRuntime:
             started = time.perf_counter()
             raw = batch if batch.dtype == np.uint8 else denormalize_to_uint8(
                 batch, self.manifest.preprocessing)
-            # Raw pixels stay uint8 and go losslessly compressed: never float32 on the wire.
-            payload = encode_payload(raw, bundle_id=self.wire_bundle_id, variant_id=variant_id,
-                                     bits=8, scale=RAW_SCALE, offset=RAW_OFFSET,
-                                     compression="zlib")
+            # Raw pixels stay uint8, lossless or in the compiled lossy format: never float32.
+            payload = encode_request(variant, raw, wire_bundle_id=self.wire_bundle_id)
             return payload, (time.perf_counter() - started) * 1e3
         codes, head_ms = self._run_head(variant_id, self._model_input(batch))
-        q = variant.quantization
-        payload = encode_payload(codes, bundle_id=self.wire_bundle_id, variant_id=variant_id,
-                                 bits=q.bits, scale=q.scale, offset=q.offset)
+        payload = encode_request(variant, codes, wire_bundle_id=self.wire_bundle_id,
+                                 tables=self.tables.get(variant_id))
         return payload, head_ms
 
     def _exchange(self, variant_id: str, payload: bytes, batch_size: int) -> tuple:
@@ -351,9 +355,10 @@ class DeviceRuntime:
 
     def _seed_edge_payload(self) -> None:
         """Plan ``edge`` uploads at the mean size of the bundle's own sample images as they
-        would be sent (zlib): the manifest states the uncompressed size, and a runtime that
-        never sends raw input because of that size would never learn the real one. Runs before
-        the selector is built."""
+        would be sent (in the variant's upload format): a manifest compiled before uploads had
+        a measured size states the uncompressed one, and a runtime that never sends raw input
+        because of that size would never learn the real one. Runs before the selector is
+        built."""
         edge_id = next((v.id for v in self.manifest.variants if v.kind == "edge"), None)
         if edge_id is None or self.manifest.samples is None:
             return

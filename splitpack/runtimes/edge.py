@@ -8,10 +8,13 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
   415 ``content-type`` (when one is sent and it is not octet-stream),
   413 ``content-length`` / ``body`` (over the largest valid payload of the bundle, before
   anything is decoded), 503 server busy (``max_inflight`` requests running; ``Retry-After``),
-  400 the wire format (:func:`~splitpack.runtimes.wire.decode_payload` names the field),
+  400 the wire header (:func:`~splitpack.runtimes.wire.read_payload` names the field),
   409 ``bundle_id`` (not this bundle's :func:`~splitpack.runtimes.backends.wire_bundle_id`),
   404 ``variant_id`` (no tail for it), 400 ``dtype`` / ``bits`` / ``shape`` / ``scale`` /
-  ``offset`` (not the variant's, see :func:`~splitpack.runtimes.backends.expected_wire_input`).
+  ``offset`` / ``compression`` (not the variant's, see
+  :func:`~splitpack.runtimes.backends.expected_wire_input`), 400 ``data`` (the data does not
+  decode to the header's shape: a truncated or corrupted entropy-coded stream, an image of
+  another size; :func:`~splitpack.runtimes.wire.decode_data` names the reason).
   200: the model output as a wire payload (float32, bits 32, the same ids), with headers
   ``X-Splitpack-Tail-Ms`` (tail compute) and ``X-Splitpack-Queue`` (requests in flight).
   500: the tail failed on a valid input (a bug; the reason says where).
@@ -22,13 +25,15 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
   seconds (sum, count), requests in flight.
 
 ``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a thread pool so
-that the event loop keeps answering (and refusing) while they compute.
+that the event loop keeps answering (and refusing) while they compute; so do the decoders of
+entropy-coded codes and images. Entropy tables are loaded with the tails, at start-up, and a
+missing, corrupted or mismatched tables file stops the edge there, naming the file.
 
 The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
 :class:`EdgeServer` and a Starlette request: :func:`create_app` routes to them, and so does the
 Ray Serve ingress (:mod:`splitpack.runtimes.ray_serve`), which passes its own ``run_tail`` so
-that tails run on its replicas. Imports fastapi, uvicorn, numpy, onnxruntime and the standard
-library; never torch, onnx or the compiler.
+that tails run on its replicas. Imports fastapi, uvicorn, numpy, onnxruntime, constriction,
+Pillow and the standard library; never torch, onnx or the compiler.
 """
 
 from __future__ import annotations
@@ -50,10 +55,14 @@ from starlette.requests import ClientDisconnect
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle
 from splitpack.runtimes.backends import (
-    WireInput, expected_wire_input, load_backend, normalize_uint8, wire_bundle_id,
+    WireInput, expected_wire_input, load_backend, load_entropy_tables, normalize_uint8,
+    wire_bundle_id,
 )  # fmt: skip
+from splitpack.runtimes.entropy import EntropyTables
 from splitpack.runtimes.metrics import EdgeMetrics
-from splitpack.runtimes.wire import HEADER_MAX_BYTES, Payload, decode_payload, encode_payload
+from splitpack.runtimes.wire import (
+    HEADER_MAX_BYTES, Payload, data_length_bound, decode_data, encode_payload, read_payload,
+)  # fmt: skip
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "REMOTE_PROVIDER", "EdgeServer", "TailRunner", "handle_request",
@@ -77,11 +86,6 @@ class _Rejection(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status, self.reason, self.variant, self.headers = status, reason, variant, headers
-
-
-def _zlib_bound(size: int) -> int:
-    """zlib's compressBound: the most a zlib stream of ``size`` input bytes can take."""
-    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
 
 
 class EdgeServer:
@@ -111,6 +115,10 @@ class EdgeServer:
         self.wire_bundle_id = wire_bundle_id(self.manifest)
         self.token, self.max_inflight, self.max_batch = token, max_inflight, max_batch
         self.variants = {v.id: v for v in self.manifest.variants if v.kind != "local"}
+        # Before the tails: a bad tables file is reported before minutes of session creation.
+        self.tables: dict[str, EntropyTables] = {
+            vid: tables for vid, v in self.variants.items()
+            if (tables := load_entropy_tables(bundle, v)) is not None}
         # Every tail is loaded up front: a request never waits for a session to be created.
         self.tails = {vid: load_backend(bundle, v, part="tail", providers=providers,
                                         threads=threads)
@@ -135,10 +143,11 @@ class EdgeServer:
     def _max_body_bytes(self) -> int:
         sizes = []
         for spec in self.inputs.values():
-            count = self._elements(spec)
-            if count is None:
+            if self._elements(spec) is None:
                 return FALLBACK_MAX_BODY_BYTES
-            sizes.append(HEADER_MAX_BYTES + _zlib_bound((count * spec.bits + 7) // 8))
+            shape = (self.max_batch, *spec.shape)
+            sizes += [HEADER_MAX_BYTES + data_length_bound(compression, shape, spec.bits)
+                      for compression in spec.compressions]
         return max(sizes)
 
     # -- checks, in the order the protocol lists them ------------------------------------------
@@ -189,8 +198,8 @@ class EdgeServer:
             raise _Rejection(400, "body: empty; send one wire payload")
         return b"".join(chunks)
 
-    def admit(self, payload: Payload, array: np.ndarray) -> str:
-        """409 / 404 / 400 unless the payload fits a served variant; returns its id."""
+    def admit(self, payload: Payload) -> str:
+        """409 / 404 / 400 unless the payload's header fits a served variant; returns its id."""
         if payload.bundle_id != self.wire_bundle_id:
             raise _Rejection(409, f"bundle_id: found {payload.bundle_id!r}, this edge serves "
                              f"{self.wire_bundle_id!r} (model {self.manifest.model_id!r}); deploy "
@@ -216,14 +225,25 @@ class EdgeServer:
             if not math.isclose(found, wanted, rel_tol=1e-12, abs_tol=1e-300):
                 raise _Rejection(400, f"{field}: found {found!r} for variant {vid!r}, expected "
                                  f"{wanted!r} (the manifest's quantization)", vid)
+        if payload.compression not in spec.compressions:
+            raise _Rejection(400, f"compression: found {payload.compression!r} for variant "
+                             f"{vid!r}, expected one of {', '.join(spec.compressions)}", vid)
         return vid
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        """The admitted payload's tensor; 400 ``data`` when it does not decode."""
+        try:
+            return decode_data(payload, tables=self.tables.get(payload.variant_id))
+        except WireFormatError as exc:
+            raise _Rejection(400, str(exc), payload.variant_id) from None
 
     def run_tail(self, variant_id: str, array: np.ndarray) -> tuple[np.ndarray, float]:
         """Run one tail (in a worker thread); raw uploads are normalized first.
 
         Args:
             variant_id: A served variant.
-            array: The decoded codes (split) or raw uint8 pixels (edge).
+            array: The decoded codes (split) or raw uint8 pixels (edge), decoded from any
+                upload format already.
 
         Returns:
             The float32 output and the tail's compute time in ms.
@@ -253,7 +273,8 @@ class EdgeServer:
                 "measured_tail_ms": self.metrics.measured_tail_ms(vid),
                 "requests": self.metrics.request_count(vid),
                 "input": {"dtype": spec.dtype, "bits": spec.bits, "shape": list(spec.shape),
-                          "scale": spec.scale, "offset": spec.offset},
+                          "scale": spec.scale, "offset": spec.offset,
+                          "compressions": list(spec.compressions)},
             })  # fmt: skip
         return {"bundle_id": self.manifest.bundle_id, "wire_bundle_id": self.wire_bundle_id,
                 "model_id": self.manifest.model_id, "provider": self.provider,
@@ -301,10 +322,14 @@ async def handle_infer(server: EdgeServer, request: Request,
         try:
             body = await server.read_body(request)
             try:
-                payload, array = decode_payload(body, max_elements=server.max_elements)
+                payload = read_payload(body, max_elements=server.max_elements)
             except WireFormatError as exc:
                 raise _Rejection(400, str(exc)) from None
-            variant = server.admit(payload, array)
+            variant = server.admit(payload)
+            if payload.compression in ("none", "zlib"):  # microseconds: on the event loop
+                array = server.decode(payload)
+            else:  # rANS and image decoders take up to milliseconds a sample
+                array = await run_in_threadpool(server.decode, payload)
             try:
                 output, tail_ms = await run_tail(variant, array)
             except SplitpackError as exc:

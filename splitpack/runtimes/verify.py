@@ -3,7 +3,12 @@
 Hashes and schema (``read_bundle``), then every artifact is loaded and run on the bundle's
 sample inputs: each head's output must match its tail's input (name, dtype, shape), each
 variant must reproduce its expected outputs, and each TFLite head must agree with its ONNX head.
-numpy + ONNX Runtime (+ LiteRT for TFLite heads) only, so that it runs on the target.
+Codes reach the tail through the wire as the variant sends them: bit-packed, or entropy-coded
+with its tables (loaded and checked against the variant: bits, channels, this host's coder),
+and must come back bit-exact. The ``edge`` variant's samples also go through its upload format
+(a lossy one changes pixels, so its outputs are compared on the exact pixels, as compiled).
+numpy + ONNX Runtime (+ LiteRT for TFLite heads), constriction and Pillow only, so that it runs
+on the target.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import numpy as np
 
 from splitpack.errors import InvalidBundleError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import OnnxBackend, load_backend, normalize_uint8
-from splitpack.runtimes.wire import round_trip_codes
+from splitpack.runtimes.backends import (
+    OnnxBackend, encode_request, load_backend, load_entropy_tables, normalize_uint8, upload_of,
+)  # fmt: skip
+from splitpack.runtimes.wire import decode_payload, encode_payload, round_trip_codes
 
 __all__ = ["VerifyReport", "verify_bundle", "TFLITE_CODE_MISMATCH_LIMIT"]
 
@@ -28,10 +35,12 @@ TFLITE_CODE_MISMATCH_LIMIT = 0.01
 
 @dataclass
 class VerifyReport:
-    """What was checked, per variant: max abs difference against the expected outputs."""
+    """What was checked, per variant: max abs difference against the expected outputs, and
+    how its samples travelled (``wire``: compression and mean message bytes of one sample)."""
 
     bundle_id: str
     variants: dict[str, float] = field(default_factory=dict)
+    wire: dict[str, dict] = field(default_factory=dict)
     tflite: dict[str, dict] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -86,6 +95,8 @@ def _verify(bundle: Bundle, atol: float, tflite: bool) -> VerifyReport:
         if variant.kind == "local":
             outputs = head.run(x)
         elif variant.kind == "edge":
+            if inputs.dtype == np.uint8:
+                report.wire[variant.id] = _check_upload(variant, inputs)
             outputs = tail.run(x)
         else:
             _check_link(variant, head, tail)
@@ -93,11 +104,53 @@ def _verify(bundle: Bundle, atol: float, tflite: bool) -> VerifyReport:
             bits = variant.quantization.bits
             if codes.dtype != np.uint8 or int(codes.max(initial=0)) >= 2**bits:
                 raise InvalidBundleError(f"variant {variant.id!r}: head emits codes outside {bits} bits")
-            outputs = tail.run(round_trip_codes(codes, bits))
+            tables = load_entropy_tables(bundle, variant)
+            if tables is None:
+                received = round_trip_codes(codes, bits)
+                report.wire[variant.id] = {"compression": "none"}
+            else:
+                received, report.wire[variant.id] = _entropy_round_trip(variant, codes, tables)
+            outputs = tail.run(received)
         report.variants[variant.id] = _check_close(variant.id, outputs, expected[variant.id], atol, "output")
         if tflite and artifacts.head_tflite:
             report.tflite[variant.id] = _verify_tflite(bundle, variant, head, x, report)
     return report
+
+
+def _wire_ids(variant) -> dict:
+    return {"bundle_id": "0" * 16, "variant_id": variant.id}  # sizes as the manifest assumes
+
+
+def _entropy_round_trip(variant, codes: np.ndarray, tables) -> tuple[np.ndarray, dict]:
+    """Each sample's codes through an entropy-coded message; they must come back bit-exact."""
+    q = variant.quantization
+    received, sizes = [], []
+    for index in range(len(codes)):
+        message = encode_payload(codes[index:index + 1], bits=q.bits, scale=q.scale, offset=q.offset,
+                                 compression="entropy", tables=tables, **_wire_ids(variant))
+        received.append(decode_payload(message, tables=tables)[1])
+        sizes.append(len(message))
+    received = np.concatenate(received)
+    if not np.array_equal(received, codes):
+        raise InvalidBundleError(f"variant {variant.id!r}: entropy-coded codes do not come back "
+                                 f"bit-exact from {variant.artifacts.entropy_tables}; report the "
+                                 "constriction version of this host")
+    return received, {"compression": "entropy", "payload_bytes_mean": float(np.mean(sizes))}
+
+
+def _check_upload(variant, pixels: np.ndarray) -> dict:
+    """Each sample through the edge variant's upload format: it must decode to its shape."""
+    compression, quality = upload_of(variant)
+    sizes = []
+    for index in range(len(pixels)):
+        message = encode_request(variant, pixels[index:index + 1], wire_bundle_id="0" * 16)
+        decoded = decode_payload(message)[1]
+        if decoded.shape != pixels[index:index + 1].shape or decoded.dtype != np.uint8:
+            raise InvalidBundleError(f"variant {variant.id!r}: a {compression} upload of sample "
+                                     f"{index} decodes to {decoded.dtype} {decoded.shape}")
+        sizes.append(len(message))
+    return {"compression": compression, "quality": quality,
+            "payload_bytes_mean": float(np.mean(sizes))}
 
 
 def _verify_tflite(bundle: Bundle, variant, head: OnnxBackend, x: np.ndarray, report: VerifyReport) -> dict:

@@ -36,10 +36,28 @@ def test_ratio_and_codes_shape(shape, codec, ratio, codes):
     assert codes_shape(shape, spec) == codes
 
 
-def test_quantization_params_cover_minus_one_to_one():
+def test_codes_travel_as_integers():
+    # the per-channel dequantization is inside the tail graph; the wire carries integer codes
     for bits in (1, 2, 4, 8):
-        scale, offset = quantization_params(bits)
-        assert offset == -1.0 and offset + (2**bits - 1) * scale == pytest.approx(1.0)
+        assert quantization_params(bits) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "text, spec, ratio, codes",
+    [
+        ("q8", CodecSpec(0, 1, 8, "calibrated"), 4.0, (16, 8, 8)),
+        ("q2", CodecSpec(0, 1, 2, "calibrated"), 16.0, (16, 8, 8)),
+        ("c4s1b4t", CodecSpec(4, 1, 4, "finetuned"), 32.0, (4, 8, 8)),
+        ("c4s1b4", CodecSpec(4, 1, 4, "learned"), 32.0, (4, 8, 8)),
+    ],
+)
+def test_methods_notation(text, spec, ratio, codes):
+    parsed = parse_codec(text)
+    assert parsed == spec and parsed.name == text
+    assert compression_ratio((16, 8, 8), parsed) == pytest.approx(ratio)
+    assert codes_shape((16, 8, 8), parsed) == codes
+    assert parsed.trains_tail == text.endswith("t")
+    assert CodecSpec.calibrated(4).name == "q4" and parse_codec("c4s1b4t").with_method("learned").name == "c4s1b4"
 
 
 def test_codec_space_and_ladder():
@@ -60,11 +78,14 @@ def test_codec_space_and_ladder():
     [
         ("c4s1b3", r"3 bits is not supported; allowed: 1, 2, 4, 8"),
         ("c4s1b16", r"16 bits is not supported"),
-        ("4s1b8", r"malformed; write c\{channels\}s\{stride\}b\{bits\}"),
+        ("4s1b8", r"malformed; write q\{bits\} .* c\{channels\}s\{stride\}b\{bits\}"),
         ("c4-s1-b8", r"malformed"),
         ("", r"malformed"),
         ("c0s1b8", r"channels and stride must be >= 1"),
         ("c4s0b8", r"channels and stride must be >= 1"),
+        ("q3", r"3 bits is not supported"),
+        ("q8t", r"malformed; write q\{bits\}"),
+        ("c4s1b8x", r"malformed"),
     ],
 )
 def test_bad_codec_strings(text, message):
@@ -84,3 +105,15 @@ def test_bad_codec_strings(text, message):
 def test_codec_does_not_fit(shape, codec, message):
     with pytest.raises(InvalidConfigError, match=message):
         check_codec_fits(shape, parse_codec(codec))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": 4, "stride": 1, "bits": 8, "method": "calibrated"}, r"calibrated quantization keeps every channel"),
+        ({"channels": 4, "stride": 1, "bits": 8, "method": "pca"}, r"method 'pca' is unknown; allowed: calibrated, learned, finetuned"),
+    ],
+)
+def test_bad_codec_specs(kwargs, message):
+    with pytest.raises(InvalidConfigError, match=message):
+        CodecSpec(**kwargs)

@@ -55,6 +55,11 @@ BLOCKS = {
     "resnet_small": (["layer1.0", "layer2.0", "layer3.0"],
                      ["layer1.0.conv", "layer1.0.relu1", "layer2.0.conv", "layer2.0.shortcut", "layer3.0.conv",
                       "layer3.0.relu1", "layer3.0.shortcut"]),
+    "cifar_resnet20": ([f"layer{stage}.{block}" for stage in (1, 2, 3) for block in (0, 1, 2)],
+                       [f"layer{stage}.{block}.{part}" for stage in (1, 2, 3) for block in (0, 1, 2)
+                        for part in ("conv1", "relu1", "conv2")]),
+    "cifar_mobilenetv2": (["blocks.2", "blocks.5", "blocks.8", "blocks.10"],
+                          ["blocks.2.layers", "blocks.5.layers", "blocks.8.layers", "blocks.10.layers"]),
     "mobilenetv2_small": (["blocks.0", "blocks.2", "blocks.4", "blocks.6"],
                           ["blocks.0.layers", "blocks.2.layers", "blocks.4.layers", "blocks.6.layers"]),
     "densenet_small": (["features.block1.layer0", "features.block1.layer1", "features.block3.layer2"],

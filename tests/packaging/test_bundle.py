@@ -217,7 +217,7 @@ TAMPERING = [
     ("unknown key", _edit_manifest(lambda d: d["variants"][0].__setitem__("colour", "red")),
      r"manifest\.json: unknown key 'variants\.0\.colour'"),
     ("unknown schema version", _edit_manifest(lambda d: d.__setitem__("schema_version", 7)),
-     r"schema version 7 is not supported by this splitpack \(supports 1\)"),
+     r"schema version 7 is not supported by this splitpack \(supports 2\)"),
     ("path with ../", _edit_manifest(lambda d: d["variants"][2]["artifacts"].__setitem__(
         "tail", "../outside.onnx")), r"path '\.\./outside\.onnx' is not allowed"),
     ("absolute path", _edit_manifest(lambda d: d.__setitem__("predictor", "/etc/passwd")),

@@ -138,6 +138,13 @@ def _second_edge(data: dict[str, Any]) -> None:
     data["variants"].append({**data["variants"][1], "id": "edge2"})
 
 
+def _with_tables(path: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(data: dict[str, Any]) -> None:
+        data["variants"][2]["quantization"]["coding"] = "entropy"
+        data["variants"][2]["artifacts"]["entropy_tables"] = path
+    return mutate
+
+
 def _drop_file(data: dict[str, Any]) -> None:
     del data["files"]["variants/l3/tail.onnx"]
 
@@ -147,7 +154,7 @@ BAD_MANIFESTS = [
     ("unknown nested key", _set("variants.0.colour", 1),
      r"unknown key 'variants\.0\.colour' \(allowed keys: accuracy, artifacts"),
     ("unknown version", _set("schema_version", 7),
-     r"schema version 7 is not supported by this splitpack \(supports 1\); upgrade splitpack"),
+     r"schema version 7 is not supported by this splitpack \(supports 2\); upgrade splitpack"),
     ("version as text", _set("schema_version", "1"), "schema version '1' is not supported"),
     ("missing key", lambda d: d["variants"][2].pop("cut"), r"missing key 'variants\.2\.cut'"),
     ("number as text (strict)", _set("variants.1.accuracy", "91.5"),
@@ -186,7 +193,47 @@ BAD_MANIFESTS = [
     ("bad variant id", _set("variants.2.id", "l3/../x"), r"'variants\.2\.id': String should match"),
     ("tflite layout without a tflite head", _set("variants.2.artifacts.head_tflite", None),
      "sets tflite / tflite_max_abs_diff but has no artifacts.head_tflite"),
+    ("entropy coding without tables", _set("variants.2.quantization.coding", "entropy"),
+     "quantization.coding 'entropy' and artifacts.entropy_tables go together"),
+    ("tables without entropy coding",
+     _set("variants.2.artifacts.entropy_tables", "variants/l3/tail.onnx"),
+     "quantization.coding 'entropy' and artifacts.entropy_tables go together"),
+    ("unknown coding", _set("variants.2.quantization.coding", "huffman"),
+     r"'variants\.2\.quantization\.coding': Input should be 'bitpack' or 'entropy'"),
+    ("tables not in files", _with_tables("variants/l3/tables.npz"),
+     r"variants\[l3_c4b4\]\.artifacts\.entropy_tables = 'variants/l3/tables\.npz'"),
+    ("tables path with ..", _with_tables("../tables.npz"), r"path '\.\./tables\.npz' is not allowed"),
+    ("jpeg without quality", _set("variants.1.upload", {"format": "jpeg", "quality": None}),
+     r"upload format 'jpeg' needs a quality in 1\.\.100"),
+    ("jpeg quality 0", _set("variants.1.upload", {"format": "jpeg", "quality": 0}),
+     r"'variants\.1\.upload\.quality': Input should be greater than or equal to 1"),
+    ("webp quality 101", _set("variants.1.upload", {"format": "webp", "quality": 101}),
+     r"'variants\.1\.upload\.quality': Input should be less than or equal to 100"),
+    ("png with a quality", _set("variants.1.upload", {"format": "png", "quality": 50}),
+     "upload format 'png' is lossless and takes no quality"),
+    ("unknown upload format", _set("variants.1.upload", {"format": "gif"}),
+     r"Input should be 'zlib', 'png', 'jpeg' or 'webp'"),
+    ("upload on a split variant", _set("variants.2.upload", {"format": "zlib"}),
+     "split variant 'l3_c4b4' must not set upload"),
+    ("local with a payload p95", _set("variants.0.payload_bytes_p95", 3),
+     "payload_bytes_p95 must be 0"),
 ]  # fmt: skip
+
+
+def test_entropy_coding_and_uploads_round_trip() -> None:
+    fields = manifest_fields()
+    fields["variants"][1].update(upload={"format": "jpeg", "quality": 35}, payload_bytes=700,
+                                 payload_bytes_p95=810)
+    split = fields["variants"][2]
+    split["quantization"]["coding"] = "entropy"
+    split["artifacts"]["entropy_tables"] = "variants/l3/entropy_tables.npz"
+    split["payload_bytes_p95"] = 30
+    files = file_entries({**ARTIFACTS, "variants/l3/entropy_tables.npz": b"tables"})
+    manifest = build_manifest({**fields, "files": files})
+    assert parse_manifest(manifest_to_json(manifest)) == manifest
+    assert manifest.variants[1].upload.quality == 35
+    assert manifest.variants[2].quantization.coding == "entropy"
+    assert sealed().variants[2].quantization.coding == "bitpack"  # the default
 
 
 @pytest.mark.parametrize("mutate,match", [case[1:] for case in BAD_MANIFESTS],

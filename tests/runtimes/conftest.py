@@ -6,11 +6,16 @@ artifacts to chain and to be deterministic), and the latencies are plausible num
 that the selector's choice moves with the uplink: split variant ``cut_a`` (tiny payload) wins
 at low bandwidth, ``cut_b`` (large payload, cheap head) at high bandwidth, ``local`` never
 while the edge answers (its head is profiled as slow).
+
+``build_test_bundle(..., coding="entropy", upload=...)`` makes the same bundle with its split
+variants entropy-coded (tables calibrated on the codes of extra random inputs) and the edge
+variant uploading in a lossy format; payload sizes are then the mean of the real messages.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,8 @@ import pytest
 from splitpack.packaging import read_bundle, write_bundle
 from splitpack.packaging.manifest import SCHEMA_VERSION
 from splitpack.runtimes.backends import normalize_uint8, wire_bundle_id
-from splitpack.runtimes.wire import message_bytes, round_trip_codes
+from splitpack.runtimes.entropy import calibrate_tables, tables_to_bytes
+from splitpack.runtimes.wire import measure_payload_bytes, message_bytes, round_trip_codes
 
 INPUT_SHAPE = (1, 1, 16, 16)
 NUM_CLASSES = 10
@@ -83,11 +89,14 @@ def _variant(variant_id: str, kind: str, *, head_ms: float, tail_ms: float, payl
     return fields
 
 
-def build_test_bundle(tmp_dir: Path) -> Path:
+def build_test_bundle(tmp_dir: Path, *, coding: str = "bitpack",
+                      upload: dict | None = None) -> Path:
     """Build and write the test bundle: local, edge and two split variants, with samples.
 
     Args:
         tmp_dir: A folder to write into.
+        coding: "bitpack" or "entropy", for both split variants.
+        upload: The edge variant's upload (``{"format": "jpeg", "quality": 50}``), or None.
 
     Returns:
         The bundle folder.
@@ -112,13 +121,22 @@ def build_test_bundle(tmp_dir: Path) -> Path:
     expected = {"local": run_onnx_per_sample(whole, normalized),
                 "edge": run_onnx_per_sample(whole, normalized)}
     raw_payload = message_bytes(INPUT_SHAPE, 8, bundle_id=_PLACEHOLDER_WIRE_ID, variant_id="edge")
+    edge_fields = {}
+    if upload is not None:
+        sizes = measure_payload_bytes(inputs, bundle_id=_PLACEHOLDER_WIRE_ID, variant_id="edge",
+                                      bits=8, compression=upload["format"],
+                                      quality=upload.get("quality"))
+        raw_payload = round(sizes.mean)
+        edge_fields = {"upload": upload, "payload_bytes_p95": math.ceil(sizes.p95)}
     variants = [
         _variant("local", "local", head_ms=100.0, tail_ms=0.0, payload_bytes=0, accuracy=90.0,
                  artifacts={"head": "local/model.onnx"}, result_bytes=0),
         _variant("edge", "edge", head_ms=0.0, tail_ms=5.0, payload_bytes=raw_payload,
                  accuracy=90.0, artifacts={"tail": "local/model.onnx"},
-                 result_bytes=result_bytes("edge")),
+                 result_bytes=result_bytes("edge"), **edge_fields),
     ]
+    calibration = normalize_uint8(rng.integers(0, 256, size=(64, *INPUT_SHAPE[1:]), dtype=np.uint8),
+                                  _preprocessing())
     for module, (channels, stride, bits), head_ms, tail_ms, accuracy in SPLITS:
         cut, codec = cuts[module], CodecSpec(channels, stride, bits)
         encoder, decoder = build_codec_modules(cut.shape, codec)
@@ -130,16 +148,27 @@ def build_test_bundle(tmp_dir: Path) -> Path:
         unpacked = round_trip_codes(codes, bits)
         expected[vid] = run_onnx_per_sample(tail_bytes, unpacked)
         scale, offset = quantization_params(bits)
+        quantization = {"bits": bits, "scale": scale, "offset": offset, "codes_shape": list(shape)}
+        artifacts = {"head": f"variants/{vid}/head.onnx", "tail": f"variants/{vid}/tail.onnx"}
+        sizes = {"payload_bytes": message_bytes((1, *shape), bits, bundle_id=_PLACEHOLDER_WIRE_ID,
+                                                variant_id=vid)}
+        if coding == "entropy":
+            tables = calibrate_tables(run_onnx_per_sample(head_bytes, calibration), bits)
+            files[f"variants/{vid}/entropy_tables.npz"] = tables_to_bytes(tables)
+            artifacts["entropy_tables"] = f"variants/{vid}/entropy_tables.npz"
+            quantization["coding"] = "entropy"
+            measured = measure_payload_bytes(codes, bundle_id=_PLACEHOLDER_WIRE_ID, variant_id=vid,
+                                             bits=bits, scale=scale, offset=offset,
+                                             compression="entropy", tables=tables)
+            sizes = {"payload_bytes": round(measured.mean),
+                     "payload_bytes_p95": math.ceil(measured.p95)}
         variants.append(_variant(
-            vid, "split", head_ms=head_ms, tail_ms=tail_ms, accuracy=accuracy,
-            payload_bytes=message_bytes((1, *shape), bits, bundle_id=_PLACEHOLDER_WIRE_ID,
-                                        variant_id=vid),
-            artifacts={"head": f"variants/{vid}/head.onnx", "tail": f"variants/{vid}/tail.onnx"},
+            vid, "split", head_ms=head_ms, tail_ms=tail_ms, accuracy=accuracy, **sizes,
+            artifacts=artifacts,
             result_bytes=result_bytes(vid), cut=cut.name, cut_label=cut.label, codec=codec.name,
             compression_ratio=compression_ratio(cut.shape, codec),
             head_output=_tensor("codes", "uint8", shape), tail_input=_tensor("codes", "uint8", shape),
-            quantization={"bits": bits, "scale": scale, "offset": offset,
-                          "codes_shape": list(shape)}))
+            quantization=quantization))
     files["samples/inputs.npz"] = _npz(inputs=inputs)
     files["samples/expected.npz"] = _npz(**expected)
     fields = {
@@ -175,6 +204,22 @@ def bundle(bundle_path: Path):
     return read_bundle(bundle_path)
 
 
+ENTROPY_UPLOAD = {"format": "jpeg", "quality": 50}
+
+
+@pytest.fixture(scope="session")
+def entropy_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test bundle with entropy-coded split variants and a JPEG (quality 50) edge upload."""
+    return build_test_bundle(tmp_path_factory.mktemp("entropy-bundle"), coding="entropy",
+                             upload=ENTROPY_UPLOAD)
+
+
+@pytest.fixture(scope="session")
+def entropy_bundle(entropy_bundle_path: Path):
+    """The entropy-coded test bundle, read and verified."""
+    return read_bundle(entropy_bundle_path)
+
+
 @pytest.fixture(scope="session")
 def split_ids(bundle) -> list[str]:
     """Ids of the split variants: [low-bandwidth choice, high-bandwidth choice]."""
@@ -208,3 +253,14 @@ def follow_uplink(runtime, inputs: np.ndarray, expected: dict, low: str, high: s
         if result.variant_id == high:
             break
     assert result.variant_id == high, runtime.stats
+
+
+def rewrite_bundle(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    """A copy of the bundle at ``source`` with some files' contents replaced, its manifest
+    re-sealed (hashes and bundle id recomputed): a bundle consistent on disk whose contents
+    are wrong, which only the loaders can catch."""
+    manifest = read_bundle(source).manifest
+    fields = manifest.model_dump(mode="json", exclude={"bundle_id", "files"})
+    files = {relpath: replace.get(relpath, source / relpath) for relpath in manifest.files}
+    write_bundle(target, fields, files)
+    return target

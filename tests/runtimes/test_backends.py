@@ -196,3 +196,81 @@ def test_litert_backend_matches_onnx_runtime(bundle, samples, tflite_model, tmp_
     write_bundle(tmp_path / "with-tflite", fields, {**files, "local/model.tflite": tflite_model})
     head = load_backend(read_bundle(tmp_path / "with-tflite"), "local", "litert")
     np.testing.assert_allclose(head.run(inputs[:3]), expected["local"][:3], atol=1e-4)
+
+
+# -- entropy tables and uploads, as a bundle carries them ------------------------------------------
+
+from splitpack.runtimes.backends import load_entropy_tables, upload_of  # noqa: E402
+from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
+from splitpack.runtimes.edge import create_app  # noqa: E402
+from splitpack.runtimes.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
+from splitpack.runtimes.verify import verify_bundle  # noqa: E402
+from tests.runtimes.conftest import ENTROPY_UPLOAD, rewrite_bundle  # noqa: E402
+
+
+def test_entropy_variants_load_their_tables_and_the_edge_its_upload(entropy_bundle) -> None:
+    manifest = entropy_bundle.manifest
+    for variant in manifest.variants:
+        tables = load_entropy_tables(entropy_bundle, variant)
+        if variant.kind != "split":
+            assert tables is None
+            continue
+        q = variant.quantization
+        assert q.coding == "entropy" and tables.bits == q.bits
+        assert tables.channels == q.codes_shape[0]
+        assert expected_wire_input(manifest, variant).compressions == ("none", "zlib", "entropy")
+    edge = entropy_bundle.variant("edge")
+    assert upload_of(edge) == (ENTROPY_UPLOAD["format"], ENTROPY_UPLOAD["quality"])
+    assert expected_wire_input(manifest, edge).compressions == ("none", "zlib", "png", "jpeg")
+
+
+def test_a_bundle_without_upload_sends_zlib(bundle) -> None:
+    assert upload_of(bundle.variant("edge")) == ("zlib", None)
+    with pytest.raises(InvalidConfigError, match="uploads no input"):
+        upload_of(bundle.variant("local"))
+
+
+LOADERS = {
+    "edge": lambda bundle: create_app(bundle),
+    "device": lambda bundle: DeviceRuntime(bundle, "http://127.0.0.1:9"),
+    "verify": lambda bundle: verify_bundle(bundle, tflite=False),
+}
+
+
+def _bad_tables(kind: str, bits: int, channels: int) -> bytes:
+    if kind == "corrupted":
+        return b"PK\x03\x04 not really a zip"
+    if kind == "other bits":
+        return tables_to_bytes(calibrate_tables(np.zeros((2, channels, 2, 2), np.uint8), 8 if bits != 8 else 4))
+    return tables_to_bytes(calibrate_tables(np.zeros((2, channels + 1, 2, 2), np.uint8), bits))
+
+
+BAD_BUNDLE_TABLES = [
+    ("corrupted", "not a readable .npz"),
+    ("other bits", r"made for \d-bit codes of \d+ channels, but the variant sends 2-bit"),
+    ("other channels", r"made for 2-bit codes of 3 channels, but the variant sends 2-bit codes of 2"),
+]
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+@pytest.mark.parametrize("kind, match", BAD_BUNDLE_TABLES, ids=[c[0] for c in BAD_BUNDLE_TABLES])
+def test_bad_tables_in_a_bundle_fail_at_load_naming_the_file(entropy_bundle_path, entropy_bundle,
+                                                             tmp_path, loader, kind, match) -> None:
+    variant = next(v for v in entropy_bundle.manifest.variants if v.kind == "split")
+    relpath, q = variant.artifacts.entropy_tables, variant.quantization
+    bad = rewrite_bundle(entropy_bundle_path, tmp_path / "bundle",
+                         {relpath: _bad_tables(kind, q.bits, q.codes_shape[0])})
+    with pytest.raises(InvalidBundleError, match=f"entropy tables {relpath} .*{match}"):
+        LOADERS[loader](read_bundle(bad))
+
+
+def test_missing_or_edited_tables_fail_at_read_naming_the_file(entropy_bundle_path, tmp_path) -> None:
+    relpath = next(v.artifacts.entropy_tables for v in read_bundle(entropy_bundle_path).manifest.variants
+                   if v.kind == "split")
+    edited = rewrite_bundle(entropy_bundle_path, tmp_path / "edited", {})
+    (edited / relpath).write_bytes(b"\x00" + (edited / relpath).read_bytes()[1:])
+    with pytest.raises(InvalidBundleError, match=f"{relpath}: (size|sha256) mismatch"):
+        read_bundle(edited)
+    (edited / relpath).unlink()
+    with pytest.raises(InvalidBundleError, match=f"{relpath}: missing"):
+        read_bundle(edited)

@@ -341,3 +341,61 @@ def test_bad_settings_are_refused(bundle, options, match) -> None:
     url = options.pop("edge_url", "http://127.0.0.1:9")
     with pytest.raises(InvalidConfigError, match=match):
         DeviceRuntime(bundle, url, **options)
+
+
+# -- entropy-coded codes and lossy uploads ---------------------------------------------------------
+
+from splitpack.packaging import read_bundle  # noqa: E402
+from splitpack.runtimes.backends import load_backend  # noqa: E402
+from splitpack.runtimes.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
+from splitpack.runtimes.wire import message_bytes, read_payload  # noqa: E402
+from tests.runtimes.conftest import rewrite_bundle  # noqa: E402
+
+
+def test_entropy_variants_send_entropy_coded_codes(entropy_bundle) -> None:
+    inputs, expected = read_samples(entropy_bundle)
+    edge, clock = FlakyEdge(create_app(entropy_bundle, token="t")), FakeClock()
+    with _runtime(entropy_bundle, edge, clock) as runtime:
+        for index in range(len(inputs)):
+            result = runtime.infer(inputs[index])
+            assert (result.mode, result.fallback) == ("split", False)
+            _check(result, expected, index)
+            header = read_payload(edge.bodies[-1])
+            assert (header.variant_id, header.compression) == (result.variant_id, "entropy")
+            q = entropy_bundle.variant(result.variant_id).quantization
+            packed = message_bytes((1, *q.codes_shape), q.bits, bundle_id=header.bundle_id,
+                                   variant_id=header.variant_id)
+            assert len(edge.bodies[-1]) < packed
+
+
+def test_a_slow_device_uploads_a_jpeg_at_the_compiled_quality(entropy_bundle) -> None:
+    inputs, _ = read_samples(entropy_bundle)
+    edge, clock = FlakyEdge(create_app(entropy_bundle, token="t")), FakeClock()
+    tail = load_backend(entropy_bundle, "edge")
+    with _runtime(entropy_bundle, edge, clock, device_slowdown=1000.0) as runtime:
+        result = runtime.infer(inputs[:3])
+        assert (result.variant_id, result.fallback) == ("edge", False)
+        header, pixels = decode_payload(edge.bodies[-1])
+        assert header.compression == "jpeg" and pixels.shape == inputs[:3].shape
+        expected = tail.run(normalize_uint8(pixels, entropy_bundle.manifest.preprocessing))
+        np.testing.assert_allclose(result.output, expected, atol=ATOL)
+
+
+def test_codes_that_entropy_coding_would_inflate_go_bit_packed(entropy_bundle_path, entropy_bundle,
+                                                               tmp_path) -> None:
+    """Tables calibrated on all-zero codes make every other code cost ~16 bits: bit-packing is
+    smaller, so the device sends that, and the edge (which accepts both) answers."""
+    replace = {}
+    for variant in entropy_bundle.manifest.variants:
+        if variant.kind == "split":
+            q = variant.quantization
+            zeros = np.zeros((4, *q.codes_shape), np.uint8)
+            replace[variant.artifacts.entropy_tables] = tables_to_bytes(calibrate_tables(zeros, q.bits))
+    bundle = read_bundle(rewrite_bundle(entropy_bundle_path, tmp_path / "bundle", replace))
+    inputs, expected = read_samples(bundle)
+    edge, clock = FlakyEdge(create_app(bundle, token="t")), FakeClock()
+    with _runtime(bundle, edge, clock) as runtime:
+        result = runtime.infer(inputs[0])
+        assert (result.mode, result.fallback) == ("split", False)
+        _check(result, expected, 0)
+        assert read_payload(edge.bodies[-1]).compression == "none"

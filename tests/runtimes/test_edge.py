@@ -91,8 +91,8 @@ def _dtype_offset(message: bytes) -> int:
 
 def _malformed(case: str, valid: bytes, wire_id: str, split_id: str):
     """(body, headers) of one bad request, built from a valid 2-bit payload of ``split_id``."""
-    codes = decode_payload(valid)[1]
-    scale, offset = 2 / 3, -1.0
+    header, codes = decode_payload(valid)
+    scale, offset = header.scale, header.offset  # the manifest's, whatever the codec chose
     ok = dict(bundle_id=wire_id, variant_id=split_id, bits=2, scale=scale, offset=offset)
     encode = lambda array, **changes: encode_payload(array, **{**ok, **changes})  # noqa: E731
     at = _dtype_offset(valid)
@@ -113,11 +113,11 @@ def _malformed(case: str, valid: bytes, wire_id: str, split_id: str):
         "wrong shape": lambda: encode(codes.reshape(1, 2, 4, 16)),
         "batch too large": lambda: encode(np.repeat(codes, 65, axis=0)),
         "wrong scale": lambda: encode(codes, scale=0.5),
-        "wrong offset": lambda: encode(codes, offset=0.0),
+        "wrong offset": lambda: encode(codes, offset=-0.5),
         "missing token": lambda: valid,
         "wrong token": lambda: valid,
         "wrong content type": lambda: valid,
-        "body too large": lambda: valid + bytes(70_000),
+        "body too large": lambda: valid + bytes(1_000_000),  # over 64 worst-case PNG uploads
     }
     headers = dict(AUTH)
     if case == "missing token":
@@ -146,11 +146,11 @@ MALFORMED = [
     ("wrong shape", 400, r"shape: found \(1, 2, 4, 16\)"),
     ("batch too large", 400, "shape: found \\(65, 2, 8, 8\\).*batch <= 64"),
     ("wrong scale", 400, "scale: found 0.5"),
-    ("wrong offset", 400, "offset: found 0.0"),
+    ("wrong offset", 400, "offset: found -0.5"),
     ("missing token", 401, "authorization: missing"),
     ("wrong token", 401, "authorization: wrong bearer token"),
     ("wrong content type", 415, "content-type: found 'application/json'"),
-    ("body too large", 413, "content-length: 70"),
+    ("body too large", 413, "content-length: 100"),
 ]  # fmt: skip
 
 
@@ -194,7 +194,7 @@ def test_random_damage_never_crashes_the_server(client, requests_by_variant, dat
 
 def test_a_streamed_body_is_cut_off_at_the_limit(client, requests_by_variant, split_ids) -> None:
     valid = requests_by_variant[0][split_ids[0]][0]
-    chunks = iter([valid] + [bytes(16_384)] * 8)  # no Content-Length: chunked upload
+    chunks = iter([valid] + [bytes(16_384)] * 64)  # no Content-Length: chunked upload
     response = client.post("/v1/infer", content=chunks, headers=AUTH)
     assert response.status_code == 413
     assert response.json()["error"].startswith("body: over the largest valid payload")
@@ -247,7 +247,8 @@ def test_health_metadata_and_metrics(client, bundle, wire_id, requests_by_varian
     assert by_id["edge"]["tail_ms"] == bundle.variant("edge").latency.tail_ms
     assert by_id["edge"]["measured_tail_ms"] > 0 and by_id["edge"]["requests"] >= 1
     assert by_id["edge"]["input"] == {"dtype": "uint8", "bits": 8, "shape": [1, 16, 16],
-                                      "scale": 1.0, "offset": 0.0}
+                                      "scale": 1.0, "offset": 0.0,
+                                      "compressions": ["none", "zlib", "png"]}
     metrics = client.get("/metrics", headers=AUTH)
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
@@ -277,3 +278,148 @@ def test_serve_command_passes_its_options(bundle_path, monkeypatch) -> None:
                               "--token", "t", "--threads", "1"])
     assert args.handler(args) == 0
     assert seen == {"host": "127.0.0.1", "port": 9, "token": "t", "max_inflight": 2, "threads": 1}
+
+
+# -- entropy-coded codes and image uploads ------------------------------------------------------
+
+from splitpack.runtimes.backends import load_entropy_tables  # noqa: E402
+from splitpack.runtimes.wire import read_payload  # noqa: E402
+from tests.runtimes.test_wire import craft  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def entropy_client(entropy_bundle):
+    with TestClient(create_app(entropy_bundle)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def entropy_requests(entropy_bundle):
+    """Per split variant: (entropy-coded payloads per sample, tables); and the edge's JPEGs."""
+    bundle = entropy_bundle
+    wire_id = app_wire_id(bundle)
+    inputs, expected = read_samples(bundle)
+    normalized = normalize_uint8(inputs, bundle.manifest.preprocessing)
+    requests = {}
+    for variant in bundle.manifest.variants:
+        if variant.kind != "split":
+            continue
+        head, q, tables = load_backend(bundle, variant), variant.quantization, load_entropy_tables(bundle, variant)
+        requests[variant.id] = ([encode_payload(head.run(normalized[i:i + 1]), bundle_id=wire_id,
+                                                variant_id=variant.id, bits=q.bits, scale=q.scale,
+                                                offset=q.offset, compression="entropy", tables=tables)
+                                 for i in range(len(inputs))], tables)
+    jpegs = [encode_payload(inputs[i:i + 1], bundle_id=wire_id, variant_id="edge", bits=8,
+                            compression="jpeg", quality=50) for i in range(len(inputs))]
+    return requests, jpegs, expected
+
+
+def app_wire_id(bundle) -> str:
+    from splitpack.runtimes.backends import wire_bundle_id
+
+    return wire_bundle_id(bundle.manifest)
+
+
+def test_entropy_coded_codes_give_the_offline_outputs(entropy_client, entropy_bundle,
+                                                      entropy_requests) -> None:
+    requests, _, expected = entropy_requests
+    wire_id = app_wire_id(entropy_bundle)
+    for variant_id, (messages, _) in requests.items():
+        for index, message in enumerate(messages):
+            assert read_payload(message).compression == "entropy"
+            output = _answer(entropy_client.post("/v1/infer", content=message), wire_id, variant_id)
+            np.testing.assert_allclose(output[0], expected[variant_id][index], atol=1e-4)
+
+
+def test_jpeg_uploads_are_decoded_before_normalizing(entropy_client, entropy_bundle,
+                                                     entropy_requests) -> None:
+    _, jpegs, _ = entropy_requests
+    tail = load_backend(entropy_bundle, "edge")
+    for message in jpegs:
+        pixels = decode_payload(message)[1]  # what the edge decodes with Pillow
+        expected = tail.run(normalize_uint8(pixels, entropy_bundle.manifest.preprocessing))
+        output = _answer(entropy_client.post("/v1/infer", content=message),
+                         app_wire_id(entropy_bundle), "edge")
+        np.testing.assert_allclose(output, expected, atol=1e-4)
+
+
+def _recrafted(message: bytes, **changes) -> bytes:
+    """``message`` with some fields replaced and a valid crc32 (so only the decoders catch it)."""
+    header = read_payload(message)
+    codes = {"none": 0, "zlib": 1, "entropy": 2, "png": 3, "jpeg": 4, "webp": 5}
+    fields = {"bundle_id": header.bundle_id.encode(), "variant_id": header.variant_id.encode(),
+              "dtype": 1, "bits": header.bits, "shape": header.shape, "scale": header.scale,
+              "offset": header.offset, "compression": codes[header.compression],
+              "data": header.data, **changes}
+    return craft(**fields)
+
+
+def _png(mode: str, size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return struct.pack("<I", buffer.tell()) + buffer.getvalue()
+
+
+BAD_CODED = [
+    ("entropy stream truncated", "split", lambda m: _recrafted(m, data=read_payload(m).data[:-4]),
+     400, "field 'data'.*(words left|crc32)"),
+    ("entropy stream corrupted", "split", lambda m: _recrafted(
+        m, data=read_payload(m).data[:4] + bytes(len(read_payload(m).data) - 4)),
+     400, "field 'data'.*(words left|crc32|invalid entropy-coded stream)"),
+    ("entropy checksum wrong", "split", lambda m: _recrafted(
+        m, data=bytes(4) + read_payload(m).data[4:]), 400, "crc32 .*sender's crc32"),
+    ("entropy stream not in words", "split", lambda m: _recrafted(m, data=read_payload(m).data + b"x"),
+     400, "data_length.*multiple of 4"),
+    ("entropy to the edge variant", "edge", lambda m: _recrafted(m, compression=2, data=bytes(8)),
+     400, "compression: found 'entropy' for variant 'edge'"),
+    ("webp to an edge that takes jpeg", "edge", lambda m: _recrafted(m, compression=5),
+     400, "compression: found 'webp'.*none, zlib, png, jpeg"),
+    ("jpeg that is not one", "edge", lambda m: _recrafted(m, data=_png("L", (16, 16))),
+     400, "image 0, not a readable jpeg"),
+    ("png of another size", "edge", lambda m: _recrafted(m, compression=3, data=_png("L", (16, 15))),
+     400, "image 0 of 16x15 pixels, allowed 16x16"),
+    ("png of another mode", "edge", lambda m: _recrafted(m, compression=3, data=_png("RGB", (16, 16))),
+     400, "image 0 in mode RGB, allowed mode L"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, target, corrupt, status, match", BAD_CODED,
+                         ids=[c[0] for c in BAD_CODED])
+def test_bad_coded_payloads_get_a_4xx_with_the_reason(entropy_client, entropy_bundle,
+                                                      entropy_requests, case, target, corrupt,
+                                                      status, match) -> None:
+    requests, jpegs, expected = entropy_requests
+    variant_id = next(iter(requests)) if target == "split" else "edge"
+    valid = requests[variant_id][0][0] if target == "split" else jpegs[0]
+    response = entropy_client.post("/v1/infer", content=corrupt(valid))
+    assert response.status_code == status, response.text
+    assert re.search(match, response.json()["error"]), response.json()["error"]
+    assert _answer(entropy_client.post("/v1/infer", content=valid), app_wire_id(entropy_bundle),
+                   variant_id).shape == (1, 10)  # and it keeps answering
+
+
+def test_a_bitpack_variant_refuses_entropy_coded_codes(client, requests_by_variant, wire_id,
+                                                       split_ids) -> None:
+    valid = requests_by_variant[0][split_ids[0]][0]
+    response = client.post("/v1/infer", content=_recrafted(valid, compression=2,
+                                                           data=bytes(8)), headers=AUTH)
+    assert response.status_code == 400
+    assert re.search(r"compression: found 'entropy' .* expected one of none, zlib$",
+                     response.json()["error"]), response.json()["error"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_damage_of_coded_payloads_never_crashes_the_server(entropy_client, entropy_requests,
+                                                                  data) -> None:
+    requests, jpegs, _ = entropy_requests
+    valid = data.draw(st.sampled_from([messages[0] for messages, _ in requests.values()] + jpegs[:1]))
+    header = read_payload(valid)
+    body = _recrafted(valid, data=data.draw(st.binary(min_size=1, max_size=len(header.data) + 8)))
+    response = entropy_client.post("/v1/infer", content=body)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}

@@ -1,8 +1,10 @@
 """The runtimes work on a device that has neither torch, onnx, onnx-graphsurgeon nor sklearn.
 
 A subprocess makes those packages (and splitpack's compiler) unimportable before splitpack is
-imported, then serves the test bundle and runs a device request against it over loopback. A
-static check complements it for imports that only run inside functions.
+imported, then serves the test bundle and runs a device request against it over loopback; with
+the entropy-coded bundle it also sends entropy-coded codes and a JPEG upload, so the entropy
+coder (constriction) and Pillow are shown to work there, and to be all they need. A static
+check complements it for imports that only run inside functions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from splitpack.runtimes.bench_support import free_port
 
@@ -52,6 +56,7 @@ import splitpack.runtimes.netem
 from splitpack.packaging import read_bundle, read_samples
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
+from splitpack.runtimes.backends import load_backend, load_entropy_tables, normalize_uint8
 from splitpack.runtimes.wire import decode_payload, encode_payload
 
 bundle_path, port = sys.argv[1], int(sys.argv[2])
@@ -60,9 +65,30 @@ inputs, expected = read_samples(bundle)
 app = create_app(bundle)
 wire_id = app.state.edge.wire_bundle_id
 message = encode_payload(inputs[:1], bundle_id=wire_id, variant_id="edge", bits=8)
-answer = TestClient(app).post("/v1/infer", content=message)
+client = TestClient(app)
+answer = client.post("/v1/infer", content=message)
 assert answer.status_code == 200, answer.text
 np.testing.assert_allclose(decode_payload(answer.content)[1][0], expected["edge"][0], atol=1e-4)
+coded = []
+for variant in bundle.manifest.variants:
+    tables = load_entropy_tables(bundle, variant)
+    if tables is None:
+        continue
+    q = variant.quantization
+    codes = load_backend(bundle, variant).run(normalize_uint8(inputs[:1], bundle.manifest.preprocessing))
+    message = encode_payload(codes, bundle_id=wire_id, variant_id=variant.id, bits=q.bits,
+                             scale=q.scale, offset=q.offset, compression="entropy", tables=tables)
+    answer = client.post("/v1/infer", content=message)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(decode_payload(answer.content)[1][0], expected[variant.id][0], atol=1e-4)
+    coded.append("entropy")
+upload = bundle.variant("edge").upload
+if upload is not None:
+    message = encode_payload(inputs[:1], bundle_id=wire_id, variant_id="edge", bits=8,
+                             compression=upload.format, quality=upload.quality)
+    answer = client.post("/v1/infer", content=message)
+    assert answer.status_code == 200, answer.text
+    coded.append(upload.format)
 
 server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
 thread = threading.Thread(target=server.run, daemon=True)
@@ -79,16 +105,23 @@ assert not result.fallback and result.mode in ("split", "edge"), result
 np.testing.assert_allclose(result.output, expected[result.variant_id][1], atol=1e-4)
 leaked = sorted(name for name in sys.modules if _forbidden(name))
 assert not leaked, leaked
-print("ok", result.variant_id)
+if coded:
+    assert "constriction" in sys.modules and "PIL" in sys.modules, "the coders were not used"
+print("ok", result.variant_id, *coded)
 '''
 
 
-def test_runtimes_work_without_the_compiler_stack(bundle_path: Path) -> None:
+@pytest.mark.parametrize("which", ["bitpack", "entropy"])
+def test_runtimes_work_without_the_compiler_stack(bundle_path: Path, entropy_bundle_path: Path,
+                                                  which: str) -> None:
+    path = entropy_bundle_path if which == "entropy" else bundle_path
     script = SCRIPT.format(forbidden=FORBIDDEN)
-    done = subprocess.run([sys.executable, "-c", script, str(bundle_path), str(free_port())],
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(free_port())],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ")
+    if which == "entropy":
+        assert done.stdout.split()[2:] == ["entropy", "entropy", "jpeg"], done.stdout
 
 
 def _imported_names(path: Path) -> list[str]:
@@ -103,7 +136,8 @@ def _imported_names(path: Path) -> list[str]:
 
 def test_no_runtime_module_imports_the_compiler_stack_even_lazily() -> None:
     modules = sorted(RUNTIMES.glob("*.py"))
-    assert {"backends.py", "device.py", "edge.py", "commands.py"} <= {p.name for p in modules}
+    assert {"backends.py", "device.py", "edge.py", "commands.py", "entropy.py", "images.py",
+            "wire.py"} <= {p.name for p in modules}
     for path in modules:
         bad = [name for name in _imported_names(path)
                if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]

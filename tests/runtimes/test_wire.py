@@ -327,3 +327,242 @@ def test_encode_rejects_bad_input(tensor, overrides, match):
     arguments = {"bundle_id": "b", "variant_id": "v", "bits": 8, **overrides}
     with pytest.raises(WireFormatError, match=match):
         encode_payload(tensor, **arguments)
+
+
+# --- entropy-coded codes and image uploads ------------------------------------------------------
+
+from splitpack.runtimes.entropy import EntropyTables, calibrate_tables  # noqa: E402
+from splitpack.runtimes.wire import (  # noqa: E402
+    data_length_bound, decode_data, measure_payload_bytes, read_payload,
+)
+
+ENTROPY_SHAPE = (2, 3, 4, 5)
+
+
+def entropy_tables(bits: int, channels: int = 3) -> EntropyTables:
+    rng = np.random.default_rng(bits)
+    skewed = np.minimum(rng.geometric(0.4, size=(50, channels, 4, 5)) - 1, (1 << bits) - 1)
+    return calibrate_tables(skewed.astype(np.uint8), bits)
+
+
+def image_batch(seed: int, shape=(2, 3, 12, 10)) -> np.ndarray:
+    """Smooth images with a little noise: what a camera gives, not what JPEG cannot compress."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, shape[-1])[None, None, None, :] + rng.integers(0, 30, size=shape)
+    return np.clip(ramp, 0, 255).astype(np.uint8)
+
+
+def new_mode_message(mode: str, seed: int = 0) -> tuple[bytes, dict]:
+    """A valid message of ``mode`` and the decode arguments it needs."""
+    ids = {"bundle_id": "bundle", "variant_id": "variant"}
+    if mode == "entropy":
+        tables = entropy_tables(4)
+        codes = np.random.default_rng(seed).integers(0, 16, size=ENTROPY_SHAPE).astype(np.uint8)
+        return encode_payload(codes, bits=4, compression="entropy", tables=tables, **ids), {
+            "tables": tables}
+    quality = 60 if mode in ("jpeg", "webp") else None
+    return encode_payload(image_batch(seed), bits=8, compression=mode, quality=quality, **ids), {}
+
+
+NEW_MODES = ["entropy", "png", "jpeg", "webp"]
+
+
+@SETTINGS
+@given(bits=st.sampled_from([1, 2, 4, 8]), shape=st.sampled_from([(1, 3, 4, 5), (2, 7, 3), (3, 3)]),
+       seed=st.integers(0, 2**32 - 1))
+def test_entropy_messages_round_trip_bit_exact(bits, shape, seed):
+    tables = entropy_tables(bits, channels=3)
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, size=shape).astype(np.uint8)
+    message = encode_payload(codes, bundle_id="b", variant_id="v", bits=bits, scale=0.5,
+                             offset=-1.0, compression="entropy", tables=tables)
+    payload, array = decode_payload(message, tables=tables)
+    assert (payload.compression, payload.shape, payload.bits) == ("entropy", shape, bits)
+    assert array.dtype == np.uint8 and array.flags.writeable
+    np.testing.assert_array_equal(array, codes)
+    assert len(message) == message_bytes(shape, bits, bundle_id="b", variant_id="v",
+                                         data_length=len(payload.data))
+    assert len(payload.data) <= data_length_bound("entropy", shape, bits)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mode", ["png", "jpeg", "webp"])
+def test_image_uploads_decode_to_the_header_shape(mode, channels):
+    pixels = image_batch(1, shape=(3, channels, 16, 20))
+    quality = 90 if mode != "png" else None
+    message = encode_payload(pixels, bundle_id="b", variant_id="edge", bits=8, compression=mode,
+                             quality=quality)
+    payload, array = decode_payload(message)
+    assert array.shape == pixels.shape and array.dtype == np.uint8
+    if mode == "png":
+        np.testing.assert_array_equal(array, pixels)  # lossless
+    else:
+        assert np.abs(array.astype(int) - pixels).mean() < 8  # lossy, but the same picture
+    assert len(payload.data) <= data_length_bound(mode, pixels.shape, 8)
+
+
+def test_lower_quality_sends_fewer_bytes():
+    pixels = image_batch(2, shape=(1, 3, 32, 32))
+    sizes = [len(encode_payload(pixels, bundle_id="b", variant_id="edge", bits=8,
+                                compression="jpeg", quality=q)) for q in (10, 50, 95)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_measured_payload_bytes_are_the_real_messages():
+    pixels = image_batch(3, shape=(5, 1, 8, 8))
+    sizes = measure_payload_bytes(pixels, bundle_id="b", variant_id="edge", bits=8,
+                                  compression="jpeg", quality=30)
+    real = [len(encode_payload(pixels[i:i + 1], bundle_id="b", variant_id="edge", bits=8,
+                               compression="jpeg", quality=30)) for i in range(5)]
+    assert (sizes.mean, sizes.max, sizes.count) == (np.mean(real), max(real), 5)
+    assert sizes.p95 == pytest.approx(np.percentile(real, 95))
+
+
+def test_read_payload_leaves_the_data_as_sent():
+    message, arguments = new_mode_message("entropy")
+    payload = read_payload(message)
+    assert message.endswith(payload.data)
+    np.testing.assert_array_equal(decode_data(payload, **arguments),
+                                  decode_payload(message, **arguments)[1])
+
+
+@SETTINGS
+@given(mode=st.sampled_from(NEW_MODES), data=st.data())
+def test_any_single_byte_change_of_a_new_mode_is_rejected(mode, data):
+    message, arguments = new_mode_message(mode)
+    changed = bytearray(message)
+    position = data.draw(st.integers(0, len(changed) - 1))
+    changed[position] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(WireFormatError):
+        decode_payload(bytes(changed), **arguments)
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+def test_every_truncation_of_a_new_mode_is_rejected(mode):
+    message, arguments = new_mode_message(mode)
+    for end in range(len(message)):
+        with pytest.raises(WireFormatError):
+            decode_payload(message[:end], **arguments)
+
+
+@SETTINGS
+@given(mode=st.sampled_from(NEW_MODES), data=st.binary(min_size=1, max_size=600))
+def test_crafted_data_with_a_valid_checksum_raises_only_wire_format_error(mode, data):
+    """The crc32 is right, so only the decoders themselves stand between these bytes and a crash."""
+    message, arguments = new_mode_message(mode)
+    header = read_payload(message)
+    fields = {"compression": COMPRESSION[mode], "bits": header.bits, "shape": header.shape,
+              "data": data}
+    try:
+        decode_payload(craft(**fields), **arguments)
+    except WireFormatError:
+        pass
+
+
+COMPRESSION = {"none": 0, "zlib": 1, "entropy": 2, "png": 3, "jpeg": 4, "webp": 5}
+
+
+def _frames(*files: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(f)) + f for f in files)
+
+
+def _image_file(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _entropy_data(codes: np.ndarray, tables: EntropyTables) -> bytes:
+    return read_payload(encode_payload(codes, bundle_id="b", variant_id="v", bits=tables.bits,
+                                       compression="entropy", tables=tables)).data
+
+
+TABLES_4 = entropy_tables(4)
+CODES_4 = np.random.default_rng(9).integers(0, 16, size=ENTROPY_SHAPE).astype(np.uint8)
+GOOD_STREAM = _entropy_data(CODES_4, TABLES_4)
+
+BAD_NEW_MODES = [
+    ("entropy stream truncated", dict(data=GOOD_STREAM[:-4]), "words left|crc32"),
+    ("entropy stream with a word more", dict(data=GOOD_STREAM + b"\x01\x00\x00\x00"),
+     "words left|crc32"),
+    ("entropy stream of other codes", dict(data=_entropy_data(CODES_4[::-1].copy(), TABLES_4)[:4]
+                                           + GOOD_STREAM[4:]), "crc32"),
+    ("entropy stream not in words", dict(data=GOOD_STREAM[:-1]), "data_length"),
+    ("entropy stream over the bound", dict(data=bytes(4 * 200)), "data_length"),
+    ("entropy of float32", dict(dtype=4, bits=32), "dtype"),
+    ("entropy of rank 5", dict(shape=(1, 3, 2, 2, 2)), "rank"),
+    ("entropy for other channels", dict(shape=(2, 5, 4, 5)), "channels"),
+    ("entropy with other bits", dict(bits=8), "bits"),
+    ("png of another size", dict(compression=3, bits=8, shape=(1, 1, 8, 8),
+                                 data=_frames(_image_file("L", (8, 9)))), "9 pixels|8x9"),
+    ("png of another mode", dict(compression=3, bits=8, shape=(1, 3, 8, 8),
+                                 data=_frames(_image_file("L", (8, 8)))), "mode L"),
+    ("jpeg that is a png", dict(compression=4, bits=8, shape=(1, 1, 8, 8),
+                                data=_frames(_image_file("L", (8, 8)))), "not a readable jpeg"),
+    ("jpeg truncated", dict(compression=4, bits=8, shape=(1, 1, 8, 8),
+                            data=_frames(_image_file("L", (8, 8), "JPEG")[:-20])), "jpeg"),
+    ("fewer images than the batch", dict(compression=3, bits=8, shape=(2, 1, 8, 8),
+                                         data=_frames(_image_file("L", (8, 8))) + bytes(4)),
+     "image 1"),
+    ("bytes after the images", dict(compression=3, bits=8, shape=(1, 1, 8, 8),
+                                    data=_frames(_image_file("L", (8, 8))) + b"xyzzy"),
+     "after the last image"),
+    ("image length past the end", dict(compression=3, bits=8, shape=(1, 1, 8, 8),
+                                       data=struct.pack("<I", 10_000) + bytes(40)), "image 0 of"),
+    ("image of 2 channels", dict(compression=3, bits=8, shape=(1, 2, 8, 8), data=bytes(40)),
+     "shape"),
+    ("image of rank 3", dict(compression=5, bits=8, shape=(1, 8, 8), data=bytes(40)), "shape"),
+    ("image of 4 bits", dict(compression=4, bits=4, shape=(1, 1, 8, 8), data=bytes(40)), "dtype"),
+    ("image data too short", dict(compression=4, bits=8, shape=(2, 1, 8, 8), data=bytes(9)),
+     "data_length"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "match"), [case[1:] for case in BAD_NEW_MODES],
+                         ids=[case[0] for case in BAD_NEW_MODES])
+def test_decode_rejects_bad_entropy_and_image_messages(fields, match):
+    message = craft(**{"compression": 2, "bits": 4, "shape": ENTROPY_SHAPE, "data": GOOD_STREAM,
+                       **fields})
+    with pytest.raises(WireFormatError, match=match):
+        decode_payload(message, tables=TABLES_4)
+
+
+def test_an_entropy_message_needs_the_variants_tables():
+    message = craft(compression=2, bits=4, shape=ENTROPY_SHAPE, data=GOOD_STREAM)
+    np.testing.assert_array_equal(decode_payload(message, tables=TABLES_4)[1], CODES_4)
+    with pytest.raises(WireFormatError, match="has no entropy tables here"):
+        decode_payload(message)
+    with pytest.raises(WireFormatError, match="bits"):
+        decode_payload(message, tables=entropy_tables(8))
+
+
+NEW_ENCODE_ERRORS = [
+    ("jpeg quality 0", image_batch(0), {"compression": "jpeg", "quality": 0}, r"quality.*1\.\.100"),
+    ("jpeg quality 101", image_batch(0), {"compression": "jpeg", "quality": 101}, r"1\.\.100"),
+    ("webp quality as text", image_batch(0), {"compression": "webp", "quality": "80"}, r"1\.\.100"),
+    ("jpeg without quality", image_batch(0), {"compression": "jpeg"}, r"quality.*1\.\.100"),
+    ("png with quality", image_batch(0), {"compression": "png", "quality": 80}, "takes no quality"),
+    ("zlib with quality", image_batch(0), {"compression": "zlib", "quality": 80}, "takes no quality"),
+    ("jpeg of floats", image_batch(0).astype(np.float32), {"compression": "jpeg", "quality": 50,
+                                                           "bits": 32}, "dtype"),
+    ("jpeg of 2 channels", np.zeros((1, 2, 8, 8), np.uint8), {"compression": "jpeg", "quality": 5},
+     "shape"),
+    ("jpeg of 4-bit codes", np.zeros((1, 1, 8, 8), np.uint8), {"compression": "jpeg", "quality": 5,
+                                                              "bits": 4}, "dtype"),
+    ("entropy without tables", CODES_4, {"compression": "entropy", "bits": 4}, "tables"),
+    ("tables without entropy", CODES_4, {"bits": 4, "tables": TABLES_4}, "tables"),
+    ("tables of other bits", CODES_4, {"compression": "entropy", "tables": TABLES_4}, "bits"),
+    ("entropy of other channels", np.zeros((1, 4, 2, 2), np.uint8),
+     {"compression": "entropy", "bits": 4, "tables": TABLES_4}, "channels"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tensor", "overrides", "match"), [case[1:] for case in NEW_ENCODE_ERRORS],
+                         ids=[case[0] for case in NEW_ENCODE_ERRORS])
+def test_encode_rejects_bad_entropy_and_image_input(tensor, overrides, match):
+    arguments = {"bundle_id": "b", "variant_id": "v", "bits": 8, **overrides}
+    with pytest.raises(WireFormatError, match=match):
+        encode_payload(tensor, **arguments)
