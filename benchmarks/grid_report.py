@@ -7,8 +7,9 @@ Prints, and writes as JSON (default: the grid's name with ``_summary.json``):
 * per cut: calibrated 8-bit quantization's drop from the baseline; the learned unit that keeps
   every channel at 8 bits against ``q8`` at the same cut; the largest compression ratio within
   1 point of the baseline (any method) and the fewest wire bytes within 1 point;
-* the input-upload baseline: the fewest bytes of an image upload within 1 point, and for every
-  cut whose split beats it the split's bytes beside the image's at equal or lower accuracy;
+* the input-upload baseline: the fewest bytes of an image upload within 1 point, and every cut
+  whose fewest-bytes split within 1 point sends fewer bytes than the cheapest image upload at
+  least as accurate (or, when none is, than the most accurate one);
 * entropy coding: the share of cells whose entropy-coded mean payload is ≤ 0.8× the
   bit-packed one;
 * training cost: ``train_seconds`` of the learned units (median, max) and what tail fine-tuning
@@ -73,9 +74,11 @@ def summarize(grid: dict, tolerance: float = 1.0) -> dict:
         # the cheapest image upload that is at least as accurate as the split
         rivals = [b for b in images if b["accuracy"] >= split["accuracy"]]
         rival = min(rivals, key=lambda b: b["payload_bytes"], default=None)
-        if rival is None or split["payload_bytes"] < rival["payload_bytes"]:
+        if rival is None:  # more accurate than every image upload: compare with the best image upload
+            rival = max(images, key=lambda b: (b["accuracy"], -b["payload_bytes"]), default=None)
+        if rival is not None and split["payload_bytes"] < rival["payload_bytes"]:
             beats.append({"cut": entry["cut"], "split": split,
-                          "image": rival and {k: rival[k] for k in ("format", "quality", "payload_bytes", "accuracy")}})
+                          "image": {k: rival[k] for k in ("format", "quality", "payload_bytes", "accuracy")}})
     pairs = {}
     for cell in grid["cells"]:
         pairs.setdefault((cell["cut"], cell["codec"]), {})[cell["coding"]] = cell["payload_bytes"]
@@ -122,8 +125,7 @@ def _print(summary: dict) -> None:
                                           f"{best['accuracy']:.2f}%" if best else "none"))
     for beat in summary["cuts_beating_input_upload_within_1pt"]:
         image = beat["image"]
-        rival = (f"{image['format']} q{image['quality']} {image['payload_bytes']:.0f} B {image['accuracy']:.2f}%"
-                 if image else "no image upload that accurate")
+        rival = f"{image['format']} q{image['quality']} {image['payload_bytes']:.0f} B {image['accuracy']:.2f}%"
         print(f"  {beat['cut']}: {beat['split']['payload_bytes']:.0f} B {beat['split']['codec']}/"
               f"{beat['split']['coding']} {beat['split']['accuracy']:.2f}% beats {rival}")
     if summary["entropy_cells"]:

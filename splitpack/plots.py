@@ -56,9 +56,10 @@ _INPUT_STYLES = {"jpeg": "tab:red", "webp": "tab:purple", "png": "black"}
 
 
 def plot_grid_bytes(document: dict, path: Path) -> None:
-    """Accuracy against bytes per image on the wire (log x): one panel per cut, one line per
-    method and coding (solid: entropy-coded, dashed: bit-packed), and in every panel the input
-    uploaded as an image at each quality (the baseline a user would pick).
+    """Accuracy against bytes per image on the wire (log x): one panel per cut, every cell as a
+    dot and, per method and coding (solid: entropy-coded, dashed: bit-packed), a line through the
+    best accuracy reached at each size or less; in every panel the input uploaded as an image at
+    each quality (the baseline a user would pick).
 
     Args:
         document: a grid document (``splitpack bench grid``).
@@ -88,8 +89,10 @@ def plot_grid_bytes(document: dict, path: Path) -> None:
                         frontier.append((size, accuracy))
                         best = accuracy
                 if frontier:
-                    axis.plot([p[0] for p in frontier], [p[1] for p in frontier], line, marker="o", markersize=2.5,
-                              color=color, label=f"{method} + {coding}")
+                    axis.plot([p[0] for p in frontier], [p[1] for p in frontier], line, color=color,
+                              label=f"{method} + {coding}")
+                    axis.plot([p[0] for p in points], [p[1] for p in points], "o", markersize=2.5, color=color,
+                              alpha=0.6 if coding == "entropy" else 0.3)  # every cell, knee and dips included
         for image_format, color in _INPUT_STYLES.items():
             points = sorted((b["payload_bytes"], b["accuracy"]) for b in baselines if b["format"] == image_format)
             if points:

@@ -5,10 +5,13 @@ Each cell is calibrated or trained (``compiler.train``), spliced into ONNX
 (``compiler.splice``) and measured through ONNX Runtime (``compiler.evaluate``). A cell is
 written once per wire coding: ``bitpack`` and ``entropy`` (tables calibrated on the training
 codes, ``runtimes.entropy``) share one accuracy, and ``payload_bytes`` is the true size of the
-wire message of one test sample, header included (mean and p95 over the test set). A
+wire message of one test sample, header included (mean and p95 over the test set) — in entropy
+mode per message the smaller of the entropy-coded and bit-packed one, as the device sends it;
+``entropy_only_payload_bytes`` is the mean of the entropy-coded messages alone. A
 ``finetuned`` codec reuses the ``learned`` unit of the same projection trained just before it
 and fine-tunes only the tail, so its ``train_seconds`` counts both and ``tail_seconds`` the
-fine-tuning alone. The result file is rewritten after every cell, so an interrupted run resumes
+fine-tuning alone; neither counts the head's features and the tail's conversion to torch, which
+are computed once per cut and shared by its cells. The result file is rewritten after every cell, so an interrupted run resumes
 where it stopped when started again with the same settings.
 """
 
@@ -62,6 +65,7 @@ class Cell:
     payload_bytes: float
     payload_bytes_p95: float
     packed_payload_bytes: int
+    entropy_only_payload_bytes: float | None
     accuracy: float
     train_seconds: float
     train_examples: int
@@ -98,6 +102,15 @@ def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, train_x
     ])
 
 
+def _sizes(coding: str, packed: int, entropy: np.ndarray | None, count: int) -> np.ndarray:
+    """Bytes on the wire per test sample: bit-packed, or — in entropy mode — the entropy-coded
+    message unless bit-packing is smaller for that sample, as the device sends it
+    (``runtimes.backends.encode_request``)."""
+    if coding == "bitpack":
+        return np.full(count, packed)
+    return np.minimum(entropy, packed)
+
+
 def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *, epochs: int, seed: int,
                  progress: bool, tail_module=None, start_from: TrainedCodec | None = None,
                  codings: tuple[str, ...] = ("bitpack",),
@@ -115,14 +128,14 @@ def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *,
     evaluation = evaluate_split(head, tail, dataset.x_test, dataset.y_test, codec.bits)
     channels = cut.shape[0] if len(cut.shape) == 3 else cut.shape[-1]
     packed = payload_bytes_of(cut, codec)
+    unknown = [coding for coding in codings if coding not in CODINGS]
+    if unknown:
+        raise InvalidConfigError(f"coding {unknown[0]!r} is unknown; allowed: {', '.join(CODINGS)}")
+    entropy = (_entropy_payloads(cut, codec, head, dataset.x_train[:2048], evaluation.codes)
+               if "entropy" in codings else None)
     cells = []
     for coding in codings:
-        if coding == "bitpack":
-            sizes = np.full(len(evaluation.codes), packed)
-        elif coding == "entropy":
-            sizes = _entropy_payloads(cut, codec, head, dataset.x_train[:2048], evaluation.codes)
-        else:
-            raise InvalidConfigError(f"coding {coding!r} is unknown; allowed: {', '.join(CODINGS)}")
+        sizes = _sizes(coding, packed, entropy, len(evaluation.codes))
         cells.append(Cell(
             cut=cut.label, cut_name=cut.name, cut_index=cut.index, cut_position=cut.position,
             cut_bytes=cut.bytes_per_sample, codec=codec.name, method=codec.method, coding=coding,
@@ -130,6 +143,7 @@ def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *,
             channel_fraction=kept_channels(cut.shape, codec) / channels,
             compression_ratio=compression_ratio(cut.shape, codec), payload_bytes=float(sizes.mean()),
             payload_bytes_p95=float(np.percentile(sizes, 95)), packed_payload_bytes=packed,
+            entropy_only_payload_bytes=float(entropy.mean()) if coding == "entropy" else None,
             accuracy=evaluation.accuracy, train_seconds=trained.train_seconds,
             train_examples=trained.train_examples, tail_seconds=trained.tail_seconds, kept=",".join(trained.kept),
         ))

@@ -154,7 +154,7 @@ def choose_input_upload(
     preprocessing: Preprocessing | Mapping | None = None,
     formats: Sequence[str] = LOSSY_FORMATS, qualities: Sequence[int] = DEFAULT_QUALITIES,
     lossless: str = "zlib", batch_size: int = 256, threads: int | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, confirm: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> InputUploadChoice:  # fmt: skip
     """Measure the upload curve and choose the cheapest upload that meets the floor.
 
@@ -177,6 +177,9 @@ def choose_input_upload(
         batch_size: Images per model call.
         threads: ONNX Runtime threads when ``model`` is ONNX.
         log: Where one line per measured point goes, if anywhere.
+        confirm: (images, labels) on which the chosen setting is measured again, e.g. the whole
+            test set when the curve was measured on a subset; the choice then carries those
+            figures (the curve keeps the subset's).
 
     Returns:
         The choice and the whole measured curve.
@@ -209,4 +212,8 @@ def choose_input_upload(
             candidates.append(meeting[0])  # the lowest quality that meets the floor
     affordable = [p for p in candidates if p.accuracy >= floor - 1e-9] or [reference]
     choice = min(affordable, key=lambda p: (p.payload_bytes, p.format != lossless))
+    if confirm is not None:  # the chosen setting measured on the whole test set, like every variant
+        confirm_images, confirm_labels = _check_images(*confirm)
+        choice = measure_upload(predict, confirm_images, confirm_labels, compression=choice.format,
+                                quality=choice.quality, preprocessing=preprocessing, batch_size=batch_size)
     return InputUploadChoice(choice=choice, curve=tuple(curve), min_accuracy=float(floor))

@@ -280,7 +280,8 @@ def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str],
             upload = choose_input_upload(
                 model, dataset.to_uint8(dataset.x_test[:UPLOAD_SAMPLES]), dataset.y_test[:UPLOAD_SAMPLES],
                 max_accuracy_drop=settings.max_accuracy_drop,
-                preprocessing={"mean": list(dataset.mean), "std": list(dataset.std)})
+                preprocessing={"mean": list(dataset.mean), "std": list(dataset.std)},
+                confirm=(dataset.to_uint8(dataset.x_test), dataset.y_test))
             point = upload.choice
             log(f"    edge upload: {point.format}{'' if point.quality is None else f' quality {point.quality}'}, "
                 f"{point.payload_bytes:.0f} B mean, {point.accuracy:.2f}% (floor {upload.min_accuracy:.2f}%)")

@@ -27,6 +27,12 @@ def parse_bandwidth(text: str) -> tuple[float, float]:
     return values
 
 
+# Training images the compression units see by default: a unit starts from the calibration (principal
+# components or the identity), so a few epochs over a few thousand feature maps train it; on the CIFAR
+# ResNet-20 one unit then takes under a minute here (benchmarks/README.md, `train_seconds`).
+DEFAULT_TRAIN_LIMIT = 5000
+
+
 class CompileSettings(BaseModel):
     """Everything ``compile`` needs besides the output folder. Field names match the options."""
 
@@ -39,7 +45,7 @@ class CompileSettings(BaseModel):
     image_size: int | None = Field(default=None, ge=1)
     mean: list[float] | None = None
     std: list[float] | None = None
-    train_limit: int | None = Field(default=None, ge=1)
+    train_limit: int | None = Field(default=DEFAULT_TRAIN_LIMIT, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
     variants: int = Field(default=4, ge=1, le=5)
     max_accuracy_drop: float = Field(default=1.0, ge=0)
@@ -47,8 +53,8 @@ class CompileSettings(BaseModel):
     device_slowdown: float = Field(default=1.0, gt=0)
     tflite: bool = True
     budget: int = Field(default=16, ge=4)
-    epochs: int = Field(default=6, ge=1)
-    final_epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    final_epochs: int = Field(default=3, ge=1)
     samples: int = Field(default=32, ge=1, le=1024)
     seed: int = Field(default=0, ge=0)
 

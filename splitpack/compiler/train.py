@@ -136,13 +136,13 @@ def _score(run, inputs, teacher, labels, batch_size: int = 512) -> tuple[float, 
 
 
 def _optimize(params, batches, loss_of, *, epochs: int, lr: float, description: str, progress: bool) -> int:
-    """Adam with a one-cycle schedule over ``batches()`` (a fresh iterator per epoch); returns
-    the number of examples processed."""
+    """Adam with a one-cycle schedule over ``batches()`` (a fresh iterator per epoch, of
+    ``batches.steps`` batches); returns the number of examples processed."""
     import torch
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.Adam(params, lr=lr)
-    steps_per_epoch = sum(1 for _ in batches())
+    steps_per_epoch = batches.steps
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     examples = 0
     # disable=None: a bar on a terminal, nothing in a log file or CI output
@@ -205,17 +205,19 @@ def train_codec(
     tail = tail_module if tail_module is not None else frozen_tail(features.tail)
     examples, kept = 0, []
 
-    def batches(inputs):
+    def batches(inputs, rng):
         def iterate():
-            order = generator.permutation(train_index)
-            for step in range(max(1, len(order) // batch_size)):
+            order = rng.permutation(train_index)
+            for step in range(iterate.steps):
                 index = torch.from_numpy(order[step * batch_size:(step + 1) * batch_size])
                 yield inputs[index], teacher_all[index], y_all[index]
+        iterate.steps = max(1, len(train_index) // batch_size)
         return iterate
 
     if start_from is not None:
         if start_from.codec.with_method("learned") != codec.with_method("learned"):
-            raise InvalidConfigError(f"start_from is {start_from.codec}, not the unit of {codec}")
+            raise InvalidConfigError(f"start_from is {start_from.codec}, not the unit of {codec}; pass the trained "
+                                     f"{codec.with_method('learned')} unit, or None to train it first")
         encoder, decoder = start_from.encoder, copy.deepcopy(start_from.decoder)
         examples, kept = start_from.train_examples, list(start_from.kept)
     else:
@@ -232,7 +234,7 @@ def train_codec(
                 return F.mse_loss(restored, x) / variance + _distillation(tail(restored), teacher, y)
 
             encoder.train(), decoder.train()
-            examples += _optimize(params, batches(x_all), unit_loss, epochs=epochs, lr=lr,
+            examples += _optimize(params, batches(x_all, generator), unit_loss, epochs=epochs, lr=lr,
                                   description=f"train {features.cut.label} {codec}", progress=progress)
             encoder.eval(), decoder.eval()
             after = _score(lambda x: tail(decoder(encoder(x))), *held)
@@ -258,7 +260,7 @@ def train_codec(
             return _distillation(trainable(decoder(codes)), teacher, y)
 
         decoder.train()
-        examples += _optimize(params, batches(codes_all), tail_loss, epochs=epochs, lr=tail_lr,
+        examples += _optimize(params, batches(codes_all, np.random.default_rng([seed, 1])), tail_loss, epochs=epochs, lr=tail_lr,
                               description=f"tail {features.cut.label} {codec}", progress=progress)
         decoder.eval()
         after = _score(lambda c: trainable(decoder(c)), *held_codes)

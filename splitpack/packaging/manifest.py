@@ -121,7 +121,9 @@ class Preprocessing(_Closed):
 
 
 class Quantization(_Closed):
-    """Uniform quantization at the cut: ``value = code * scale + offset``.
+    """The codes at the cut: ``bits``-bit integers. The per-channel dequantization is a constant of
+    the tail graph, so ``scale`` and ``offset`` are what the wire header carries (1 and 0 for
+    bundles of this schema: the codes travel as integers).
 
     ``codes_shape`` is the shape of the codes of one sample (no batch dimension). ``coding``
     says how the codes travel: ``bitpack`` (bit-packed) or ``entropy`` (rANS with the static

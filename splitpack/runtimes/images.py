@@ -78,6 +78,12 @@ def encode_images(pixels: np.ndarray, compression: str, quality: int | None) -> 
     if array.dtype != np.uint8:
         raise _fail("dtype", array.dtype.name, "uint8 for an image upload")
     _check_image_shape(array.shape)
+    if compression == "webp":
+        from PIL import features
+
+        if not features.check("webp"):
+            raise WireFormatError("this Pillow was built without WebP, so 'webp' uploads cannot be encoded; "
+                                  "use 'jpeg' or 'png', or install a Pillow wheel with WebP support")
     options = {} if quality is None else {"quality": quality}
     frames = []
     for image in array:
