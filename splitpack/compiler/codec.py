@@ -54,7 +54,7 @@ __all__ = [
     "build_codec_modules",
 ]
 
-SUPPORTED_BITS = (1, 2, 4, 8)
+SUPPORTED_BITS = (1, 2, 4, 6, 8)
 CHANNEL_FRACTIONS = (1, 2, 4, 8, 16)  # C' = C / fraction
 STRIDES = (1, 2, 4)
 SPACE_BITS = (8, 4, 2, 1)
@@ -206,7 +206,7 @@ def quantization_params(bits: int) -> tuple[float, float]:
 
 
 def calibrated_codecs() -> list[CodecSpec]:
-    """``q8``, ``q4``, ``q2``, ``q1``: calibrated quantization at every supported width (4× to 32×)."""
+    """``q8``, ``q6``, ``q4``, ``q2``, ``q1``: calibrated quantization at every supported width (4× to 32×)."""
     return [CodecSpec.calibrated(bits) for bits in sorted(SUPPORTED_BITS, reverse=True)]
 
 

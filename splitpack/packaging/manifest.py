@@ -130,7 +130,7 @@ class Quantization(_Closed):
     tables in ``artifacts.entropy_tables``; the edge still accepts bit-packed codes).
     """
 
-    bits: Literal[1, 2, 4, 8]
+    bits: Literal[1, 2, 4, 6, 8]
     scale: float = Field(gt=0)
     offset: float
     codes_shape: list[Dim] = Field(min_length=1)

@@ -1,8 +1,9 @@
 """Bit packing of quantized codes, and the field checks every wire module reports with.
 
-Codes of ``bits`` < 8 are packed little-endian within a byte: code ``i`` occupies the bits from
-``(i * bits) % 8`` upwards of byte ``(i * bits) // 8``, so the first code sits in the least
-significant bits. The padding bits of the last byte are zero, and decoding checks that.
+Codes of ``bits`` < 8 are packed as one little-endian bit stream: bit ``j`` of code ``i`` is
+bit ``(i * bits + j) % 8`` of byte ``(i * bits + j) // 8``, so the first code sits in the least
+significant bits, and a 6-bit code may straddle two bytes. The padding bits of the last byte are
+zero, and decoding checks that.
 
 Errors are :class:`~splitpack.errors.WireFormatError` naming the field, as for the rest of the
 wire payload (:mod:`splitpack.runtimes.wire`). Runs on devices: numpy and the standard library
@@ -20,8 +21,8 @@ from splitpack.errors import WireFormatError
 __all__ = ["CODE_BITS", "WIRE_BITS", "data_bytes", "packed_size", "pack_codes", "unpack_codes",
            "round_trip_codes"]
 
-CODE_BITS = (1, 2, 4, 8)
-WIRE_BITS = (1, 2, 4, 8, 16, 32)
+CODE_BITS = (1, 2, 4, 6, 8)
+WIRE_BITS = (1, 2, 4, 6, 8, 16, 32)
 
 
 def _describe(allowed: Container) -> str:
@@ -51,7 +52,7 @@ def data_bytes(count: int, bits: int) -> int:
 
     Args:
         count: Number of elements (>= 0).
-        bits: 1, 2, 4, 8 (codes), 16 (float16) or 32 (float32).
+        bits: 1, 2, 4, 6, 8 (codes), 16 (float16) or 32 (float32).
 
     Returns:
         ``ceil(count * bits / 8)``.
@@ -61,7 +62,7 @@ def data_bytes(count: int, bits: int) -> int:
 
 
 def packed_size(count: int, bits: int) -> int:
-    """:func:`data_bytes` for code widths only (bits 1, 2, 4 or 8)."""
+    """:func:`data_bytes` for code widths only (bits 1, 2, 4, 6 or 8)."""
     return data_bytes(count, _check_int("bits", bits, CODE_BITS))
 
 
@@ -70,7 +71,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
 
     Args:
         codes: Integer array of any shape, read in C order.
-        bits: Bits per code: 1, 2, 4 or 8.
+        bits: Bits per code: 1, 2, 4, 6 or 8.
 
     Returns:
         ``packed_size(codes.size, bits)`` bytes; the last byte's padding bits are zero.
@@ -86,6 +87,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     flat = flat.astype(np.uint8, copy=False)
     if bits == 8:
         return flat.tobytes()
+    if 8 % bits:  # codes straddle bytes: through the bit stream itself
+        stream = (flat[:, None] >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
+        return np.packbits(stream.reshape(-1), bitorder="little").tobytes()
     per_byte = 8 // bits
     if flat.size % per_byte:
         flat = np.concatenate([flat, np.zeros(-flat.size % per_byte, dtype=np.uint8)])
@@ -101,7 +105,7 @@ def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
 
     Args:
         data: Exactly ``packed_size(count, bits)`` bytes, with zero padding bits.
-        bits: Bits per code: 1, 2, 4 or 8.
+        bits: Bits per code: 1, 2, 4, 6 or 8.
         count: Number of codes.
 
     Returns:
@@ -113,6 +117,12 @@ def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
     packed = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
         return packed.copy()
+    if 8 % bits:
+        stream = np.unpackbits(packed, bitorder="little")
+        if stream[count * bits:].any():
+            raise _fail("data", "nonzero padding bits in the last byte", "zero padding bits")
+        weights = (np.uint8(1) << np.arange(bits, dtype=np.uint8))
+        return (stream[:count * bits].reshape(count, bits) * weights).sum(axis=1, dtype=np.uint8)
     per_byte, mask = 8 // bits, np.uint8((1 << bits) - 1)
     groups = np.empty((packed.size, per_byte), dtype=np.uint8)
     for slot in range(per_byte):  # column-wise: 10x faster than broadcasting over slots
@@ -128,7 +138,7 @@ def round_trip_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
     Args:
         codes: Integer codes in [0, 2**bits), any shape.
-        bits: Bits per code: 1, 2, 4 or 8.
+        bits: Bits per code: 1, 2, 4, 6 or 8.
 
     Returns:
         A uint8 array of the same shape.

@@ -85,7 +85,7 @@ class EntropyTables:
     """Static per-channel symbol frequencies for codes of ``bits`` bits.
 
     Attributes:
-        bits: Bits per code: 1, 2, 4 or 8; the alphabet is ``0 .. 2**bits - 1``.
+        bits: Bits per code: 1, 2, 4, 6 or 8; the alphabet is ``0 .. 2**bits - 1``.
         frequencies: uint32 array (channels, 2**bits), every entry in 1 .. 2**24, so that any
             code is encodable. Stored read-only.
     """
@@ -162,7 +162,7 @@ def calibrate_tables(codes: np.ndarray, bits: int) -> EntropyTables:
 
     Args:
         codes: Integer codes in [0, 2**bits), batch first: (N, C, H, W), (N, T, D) or (N, D).
-        bits: Bits per code: 1, 2, 4 or 8.
+        bits: Bits per code: 1, 2, 4, 6 or 8.
 
     Returns:
         The tables, one row per channel.

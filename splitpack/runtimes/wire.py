@@ -19,7 +19,7 @@ bundle_id     bundle_len   UTF-8
 variant_id    variant_len  UTF-8
 dtype         1 [B]        1 uint8, 2 int8, 3 float16, 4 float32: the decoded tensor's dtype
                            before dequantization (quantized codes are uint8)
-bits          1 [B]        uint8: 1, 2, 4 or 8; int8: 8; float16: 16; float32: 32
+bits          1 [B]        uint8: 1, 2, 4, 6 or 8; int8: 8; float16: 16; float32: 32
 rank          1 [B]        1..6, the full shape with the batch dim
 shape         4 * rank     one u32 [I] per dim, each >= 1, product <= ``max_elements``
 scale         8 [d]        float64, finite; the codec defines its use (code*scale + offset)
@@ -60,7 +60,7 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.runtimes.bitpack import (
-    _check_int, _describe, _fail, data_bytes, pack_codes, packed_size, round_trip_codes,
+    WIRE_BITS, _check_int, _describe, _fail, data_bytes, pack_codes, packed_size, round_trip_codes,
     unpack_codes,
 )  # fmt: skip
 from splitpack.runtimes.entropy import EntropyTables, decode_codes, encode_codes, max_encoded_bytes
@@ -83,7 +83,7 @@ MAX_RANK = 6
 MAX_U32 = 2**32 - 1
 DEFAULT_MAX_ELEMENTS = 50_000_000
 DTYPE_CODES = {"uint8": 1, "int8": 2, "float16": 3, "float32": 4}
-ALLOWED_BITS = {"uint8": (1, 2, 4, 8), "int8": (8,), "float16": (16,), "float32": (32,)}
+ALLOWED_BITS = {"uint8": (1, 2, 4, 6, 8), "int8": (8,), "float16": (16,), "float32": (32,)}
 COMPRESSION_CODES = {"none": 0, "zlib": 1, "entropy": 2, "png": 3, "jpeg": 4, "webp": 5}
 COMPRESSIONS = tuple(COMPRESSION_CODES)
 _DTYPE_BY_CODE = {code: name for name, code in DTYPE_CODES.items()}
@@ -166,7 +166,7 @@ def message_bytes(shape: tuple[int, ...], bits: int, *, bundle_id: str, variant_
 
     Args:
         shape: Full tensor shape, batch included.
-        bits: Bits per element (1, 2, 4, 8, 16, 32).
+        bits: Bits per element (1, 2, 4, 6, 8, 16, 32).
         bundle_id, variant_id: The ids that will be sent.
         data_length: The encoded data's length for a compressed message (zlib, entropy, an
             image format: it depends on the content, e.g. ``len(encode_codes(...))``); None
@@ -179,7 +179,7 @@ def message_bytes(shape: tuple[int, ...], bits: int, *, bundle_id: str, variant_
     header = header_bytes(len(dims), bundle_id=bundle_id, variant_id=variant_id)
     if data_length is None:
         return header + data_bytes(math.prod(dims), bits)
-    _check_int("bits", bits, (1, 2, 4, 8, 16, 32))
+    _check_int("bits", bits, WIRE_BITS)
     return header + _check_int("data_length", data_length, range(0, MAX_U32 + 1))
 
 
@@ -191,7 +191,7 @@ def payload_bytes(
 
     Args:
         shape_per_sample: Shape of one sample, without the batch dim (rank 0..5).
-        bits: Bits per element (1, 2, 4, 8, 16, 32).
+        bits: Bits per element (1, 2, 4, 6, 8, 16, 32).
         batch: Samples per message.
         bundle_id, variant_id: The ids that will be sent.
         data_length: As in :func:`message_bytes`: the encoded length of a compressed message.

@@ -38,7 +38,7 @@ def test_ratio_and_codes_shape(shape, codec, ratio, codes):
 
 def test_codes_travel_as_integers():
     # the per-channel dequantization is inside the tail graph; the wire carries integer codes
-    for bits in (1, 2, 4, 8):
+    for bits in (1, 2, 4, 6, 8):
         assert quantization_params(bits) == (1.0, 0.0)
 
 
@@ -76,7 +76,7 @@ def test_codec_space_and_ladder():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("c4s1b3", r"3 bits is not supported; allowed: 1, 2, 4, 8"),
+        ("c4s1b3", r"3 bits is not supported; allowed: 1, 2, 4, 6, 8"),
         ("c4s1b16", r"16 bits is not supported"),
         ("4s1b8", r"malformed; write q\{bits\} .* c\{channels\}s\{stride\}b\{bits\}"),
         ("c4-s1-b8", r"malformed"),

@@ -164,7 +164,7 @@ BAD_MANIFESTS = [
     ("edited value", _set("variants.2.accuracy", 99.0),
      r"bundle_id \w+… does not match the manifest's contents.*edited or corrupted"),
     ("bits not allowed", _set("variants.2.quantization.bits", 3),
-     r"'variants\.2\.quantization\.bits': Input should be 1, 2, 4 or 8 \(found 3\)"),
+     r"'variants\.2\.quantization\.bits': Input should be 1, 2, 4, 6 or 8 \(found 3\)"),
     ("duplicate variant ids", _duplicate_variant,
      r"variant ids must be unique; repeated: \['l3_c4b4'\]"),
     ("no local variant", _drop_variant("local"), "exactly one local variant; found 0"),

@@ -33,7 +33,7 @@ def relu_codes(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> n
 
 
 @SETTINGS
-@given(shape=SHAPES, bits=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 2**32 - 1),
+@given(shape=SHAPES, bits=st.sampled_from([1, 2, 4, 6, 8]), seed=st.integers(0, 2**32 - 1),
        skew=st.floats(0.0, 12.0))
 def test_decode_of_encode_is_bit_exact(shape, bits, seed, skew):
     """Random tables (some very skewed: symbols that calibration almost never saw) and random
@@ -52,7 +52,7 @@ def test_decode_of_encode_is_bit_exact(shape, bits, seed, skew):
 
 
 @SETTINGS
-@given(shape=SHAPES, bits=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 2**32 - 1))
+@given(shape=SHAPES, bits=st.sampled_from([1, 2, 4, 6, 8]), seed=st.integers(0, 2**32 - 1))
 def test_calibrated_tables_code_unseen_symbols(shape, bits, seed):
     rng = np.random.default_rng(seed)
     training = np.zeros((5, *shape[1:]), dtype=np.uint8)  # calibration saw only zeros
@@ -257,7 +257,7 @@ def test_stream_checksum_is_of_the_codes():
 
 
 @SETTINGS
-@given(channels=st.integers(1, 20), per_channel=st.integers(1, 40), bits=st.sampled_from([1, 2, 4, 8]),
+@given(channels=st.integers(1, 20), per_channel=st.integers(1, 40), bits=st.sampled_from([1, 2, 4, 6, 8]),
        seed=st.integers(0, 2**32 - 1))
 def test_one_call_and_a_call_per_channel_write_the_same_stream(channels, per_channel, bits, seed):
     """The coder picks one call for all symbols or one per channel by cost; both must be the

@@ -80,7 +80,7 @@ def test_craft_builds_a_valid_message_equal_to_the_encoder():
 
 
 @SETTINGS
-@given(bits=st.sampled_from([1, 2, 4, 8]), data=st.data())
+@given(bits=st.sampled_from([1, 2, 4, 6, 8]), data=st.data())
 def test_pack_unpack_round_trip(bits, data):
     values = data.draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=300))
     dtype = data.draw(st.sampled_from([np.uint8, np.int32, np.int64, np.uint16]))
@@ -368,7 +368,7 @@ NEW_MODES = ["entropy", "png", "jpeg", "webp"]
 
 
 @SETTINGS
-@given(bits=st.sampled_from([1, 2, 4, 8]), shape=st.sampled_from([(1, 3, 4, 5), (2, 7, 3), (3, 3)]),
+@given(bits=st.sampled_from([1, 2, 4, 6, 8]), shape=st.sampled_from([(1, 3, 4, 5), (2, 7, 3), (3, 3)]),
        seed=st.integers(0, 2**32 - 1))
 def test_entropy_messages_round_trip_bit_exact(bits, shape, seed):
     tables = entropy_tables(bits, channels=3)
