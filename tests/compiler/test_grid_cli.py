@@ -69,5 +69,5 @@ def test_grid_plan_puts_each_fine_tuned_unit_after_its_own():
     from splitpack.cli import _codec_chooser
 
     plan = [codec.name for codec in _codec_chooser("c4s1b8,c2s2b4", "calibrated,learned,finetuned")(None)]
-    assert plan == ["q8", "q4", "q2", "q1", "c4s1b8", "c4s1b8t", "c2s2b4", "c2s2b4t"]
+    assert plan == ["q8", "q6", "q4", "q2", "q1", "c4s1b8", "c4s1b8t", "c2s2b4", "c2s2b4t"]
     assert [c.name for c in _codec_chooser("c4s1b8", "finetuned")(None)] == ["c4s1b8", "c4s1b8t"]

@@ -30,7 +30,7 @@ def test_trained_unit_agrees_with_torch_on_test_split(digits_model, digits_datas
     tail_module = frozen_tail(features.tail)
     trained = train_codec(features, codec, epochs=2, progress=False, tail_module=tail_module)
     held = len(digits_dataset.x_train) // 10  # held out to keep only improvements
-    assert trained.train_examples == 2 * ((len(digits_dataset.x_train) - held) // 128) * 128
+    assert trained.train_examples == 2 * ((len(digits_dataset.x_train) - held) // 64) * 64
     head, tail = build_variant(model, cut, codec, trained.encoder, trained.decoder)
     evaluation = evaluate_split(head, tail, digits_dataset.x_test, digits_dataset.y_test, codec.bits)
     assert evaluation.codes.dtype == np.uint8 and evaluation.codes.shape[1:] == codes_shape(cut.shape, codec)
