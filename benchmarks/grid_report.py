@@ -1,6 +1,9 @@
 """Summarize a measured grid (``splitpack bench grid``) against issue 12's must-show figures.
 
-    python benchmarks/grid_report.py benchmarks/results/cifar_resnet20_grid.json [--out SUMMARY.json]
+    python benchmarks/grid_report.py benchmarks/results/cifar_resnet20_grid.json [MORE.json ...] [--out SUMMARY.json]
+
+Several grids of one model (same baseline accuracy and test set) are read as one: their cells
+are pooled, the first grid's cuts and input baselines come first.
 
 Prints, and writes as JSON (default: the grid's name with ``_summary.json``):
 
@@ -139,15 +142,34 @@ def _print(summary: dict) -> None:
               f"max {summary['tail_seconds_max']:.1f} s")
 
 
+def merge_grids(grids: list[dict]) -> dict:
+    """One grid of the cells of several grids of the same model and test set."""
+    first = grids[0]
+    for other in grids[1:]:
+        for key in ("model", "baseline_accuracy", "test_examples", "train_examples", "epochs"):
+            if other.get(key) != first.get(key):
+                raise SystemExit(f"grids differ in {key}: {first.get(key)!r} and {other.get(key)!r}; "
+                                 "merge only grids of one model measured at one setting")
+    merged = dict(first)
+    labels = [cut["label"] for cut in first["cuts"]]
+    merged["cuts"] = list(first["cuts"]) + [cut for grid in grids[1:] for cut in grid["cuts"]
+                                            if cut["label"] not in labels]
+    merged["cuts"] = list({cut["label"]: cut for cut in merged["cuts"]}.values())
+    merged["cells"] = [cell for grid in grids for cell in grid["cells"]]
+    merged["input_baselines"] = next((g["input_baselines"] for g in grids if g.get("input_baselines")), None)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", help="grid JSON from `splitpack bench grid`")
+    parser.add_argument("grids", nargs="+", help="grid JSON(s) from `splitpack bench grid`, of one model")
     parser.add_argument("--tolerance", type=float, default=1.0, help="points below the baseline (default 1)")
-    parser.add_argument("--out", help="summary JSON (default: GRID with _summary.json)")
+    parser.add_argument("--out", help="summary JSON (default: the first GRID with _summary.json)")
     args = parser.parse_args(argv)
-    path = Path(args.grid)
-    summary = summarize(json.loads(path.read_text()), args.tolerance)
-    summary["grid"] = str(path)
+    paths = [Path(name) for name in args.grids]
+    path = paths[0]
+    summary = summarize(merge_grids([json.loads(p.read_text()) for p in paths]), args.tolerance)
+    summary["grid"] = [str(p) for p in paths]
     out = Path(args.out) if args.out else path.with_name(path.stem + "_summary.json")
     out.write_text(json.dumps(summary, indent=1) + "\n")
     _print(summary)

@@ -115,3 +115,36 @@ def test_entropy_coding_benchmark_measures_a_small_case() -> None:
     for method in ("entropy", "bitpack"):
         timing = result[method]["encode_decode"]
         assert 0 < timing["median_ms"] <= timing["p99_ms"]
+
+
+def _cell(cut, codec, method, coding, ratio, accuracy, payload):
+    return {"cut": cut, "codec": codec, "method": method, "coding": coding, "compression_ratio": ratio,
+            "accuracy": accuracy, "payload_bytes": payload, "train_seconds": 1.0, "tail_seconds": 0.0}
+
+
+def test_grid_report_figures_come_from_the_cells() -> None:
+    report = _load("grid_report")
+    grid = {
+        "model": "m", "baseline_accuracy": 90.0, "train_examples": 10, "test_examples": 10, "epochs": 1,
+        "cuts": [{"label": "a", "shape": [8, 4, 4]}, {"label": "b", "shape": [16]}],
+        "cells": [
+            _cell("a", "q8", "calibrated", "bitpack", 4, 89.8, 600), _cell("a", "q8", "calibrated", "entropy", 4, 89.8, 400),
+            _cell("a", "c8s1b8", "learned", "bitpack", 4, 89.9, 605), _cell("a", "c2s1b8", "learned", "bitpack", 16, 89.2, 170),
+            _cell("a", "c1s2b8", "learned", "bitpack", 64, 85.0, 80),
+            _cell("b", "q8", "calibrated", "bitpack", 4, 90.0, 120), _cell("b", "q8", "calibrated", "entropy", 4, 90.0, 100),
+        ],
+        "input_baselines": [{"format": "jpeg", "quality": 50, "payload_bytes": 300.0, "accuracy": 89.5},
+                            {"format": "png", "quality": None, "payload_bytes": 2000.0, "accuracy": 90.0}],
+    }
+    summary = report.summarize(grid)
+    a, b = summary["per_cut"]
+    assert a["q8_drop"] == pytest.approx(0.2) and a["full_channel_b8_minus_q8"] == pytest.approx(0.1)
+    assert a["largest_ratio_within_1pt"]["codec"] == "c2s1b8"  # 64x lost 5 points
+    assert a["fewest_bytes_within_1pt"]["payload_bytes"] == 170
+    assert b["full_channel_b8"] is None  # no learned cell at that cut
+    beaten = {entry["cut"]: entry["image"] for entry in summary["cuts_beating_input_upload_within_1pt"]}
+    assert beaten["a"]["format"] == "jpeg"  # 170 B at 89.2 % against JPEG's 300 B at 89.5 %
+    assert beaten["b"]["format"] == "png"  # 100 B at 90.0 %: only the lossless upload is as accurate
+    assert summary["entropy_cells"] == 2 and summary["entropy_share_at_or_below_0.8"] == 0.5
+    merged = report.merge_grids([grid, {**grid, "cuts": [{"label": "c", "shape": [4]}], "cells": []}])
+    assert [cut["label"] for cut in merged["cuts"]] == ["a", "b", "c"] and len(merged["cells"]) == 7
