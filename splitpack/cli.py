@@ -142,9 +142,6 @@ def _first_middle_last(items: list) -> list:
     return [items[i] for i in sorted({0, len(items) // 2, len(items) - 1})]
 
 
-GRID_METHODS = ("calibrated", "learned", "finetuned")
-
-
 def _parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [part for part in chosen if part not in allowed]
@@ -158,9 +155,9 @@ def _codec_chooser(text: str, methods: str = "learned"):
     """The codecs of a grid at a cut: for ``calibrated``, ``q8``..``q1``; for ``learned`` the
     ``--codecs`` choice (``ladder`` (default), ``ladder:N``, ``all`` or an explicit list); for
     ``finetuned`` the same learned codecs with the tail fine-tuned, each right after its unit."""
-    from splitpack.compiler.codec import calibrated_codecs, codec_ladder, codec_space, parse_codecs
+    from splitpack.compiler.codec import METHODS, calibrated_codecs, codec_ladder, codec_space, parse_codecs
 
-    chosen = _parse_choices("--methods", methods, GRID_METHODS)
+    chosen = _parse_choices("--methods", methods, METHODS)
     if text.strip().startswith("ladder"):
         count = text.strip().partition(":")[2]
         if count and not count.isdigit():
@@ -209,14 +206,14 @@ def _input_baselines(model, dataset, qualities: tuple[int, ...]) -> list[dict]:
 
 def _cmd_bench_grid(args) -> int:
     from splitpack.compiler.cuts import find_cuts
-    from splitpack.compiler.grid import parse_cut_selection, run_grid
+    from splitpack.compiler.grid import CODINGS, parse_cut_selection, run_grid
     from splitpack.plots import plot_grid_bytes
 
     loaded, dataset = _load_with_data(args)
     all_cuts = find_cuts(loaded.onnx_model, loaded.input_shape)
     cuts = parse_cut_selection(args.cuts, all_cuts)
     codecs_for = _codec_chooser(args.codecs, args.methods)
-    codings = _parse_choices("--codings", args.codings, ("bitpack", "entropy"))
+    codings = _parse_choices("--codings", args.codings, CODINGS)
     epochs = args.epochs
     if args.quick:  # a smoke run: first, middle and last cut and learned unit, q8, two epochs
         cuts = _first_middle_last(cuts)

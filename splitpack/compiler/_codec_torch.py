@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitpack.compiler.codec import CodecSpec, kept_channels
+from splitpack.compiler.codec import CodecSpec, cut_channels, kept_channels
 
 # Clipping candidates of the range calibration, as (low, high) percentiles; (0, 100) is min/max.
 _CLIP_PERCENTILES = ((0.0, 100.0), (0.01, 99.99), (0.1, 99.9), (0.5, 99.5), (1.0, 99.0), (2.0, 98.0))
@@ -148,7 +148,7 @@ def _refinement(cut_shape: tuple[int, ...]) -> nn.Module:
 def _projections(cut_shape: tuple[int, ...], codec: CodecSpec, calibration: np.ndarray | None):
     """(encoder projection, decoder back-projection), initialized from the principal components
     of ``calibration`` (random when it is None); None, None when the unit keeps the tensor as is."""
-    full = cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+    full = cut_channels(cut_shape)
     channels, stride = codec.channels, codec.stride
     if len(cut_shape) == 3:
         project = nn.Conv2d(full, channels, kernel_size=stride, stride=stride)

@@ -43,6 +43,7 @@ __all__ = [
     "parse_codec",
     "parse_codecs",
     "METHODS",
+    "cut_channels",
     "kept_channels",
     "calibrated_codecs",
     "codec_space",
@@ -145,11 +146,14 @@ def parse_codecs(text: str) -> list[CodecSpec] | None:
     return [parse_codec(part) for part in text.split(",") if part.strip()]
 
 
+def cut_channels(cut_shape: tuple[int, ...]) -> int:
+    """C: the channels of a feature map (C, H, W), or the size along D of tokens and vectors."""
+    return cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+
+
 def kept_channels(cut_shape: tuple[int, ...], codec: CodecSpec) -> int:
     """C': the channels (or the size along D of tokens and vectors) that the codes keep."""
-    if codec.method == "calibrated":
-        return cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
-    return codec.channels
+    return cut_channels(cut_shape) if codec.method == "calibrated" else codec.channels
 
 
 def codes_shape(cut_shape: tuple[int, ...], codec: CodecSpec) -> tuple[int, ...]:
@@ -169,7 +173,7 @@ def check_codec_fits(cut_shape: tuple[int, ...], codec: CodecSpec, cut_label: st
             f"codec {codec}: {cut_label} has per-sample shape {cut_shape}; codecs apply to feature maps "
             "(C, H, W), tokens (T, D) and vectors (D)"
         )
-    channels = cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+    channels = cut_channels(cut_shape)
     if codec.method == "calibrated":
         return
     if codec.channels > channels:
@@ -213,7 +217,7 @@ def calibrated_codecs() -> list[CodecSpec]:
 def codec_space(cut_shape: tuple[int, ...]) -> list[CodecSpec]:
     """Every codec the compiler considers at a cut: C' = C/1 ... C/16 (at least 1), stride 1, 2
     or 4 (feature maps whose size it divides), bits 8, 4, 2, 1 — sorted by compression ratio."""
-    channels = cut_shape[0] if len(cut_shape) == 3 else cut_shape[-1]
+    channels = cut_channels(cut_shape)
     strides = [
         s for s in STRIDES
         if len(cut_shape) == 3 and cut_shape[1] % s == 0 and cut_shape[2] % s == 0 and cut_shape[1] // s >= 1

@@ -13,7 +13,6 @@ on this host, the median over up to ``TIMING_SAMPLES`` samples, is added to the 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 import math
 import platform
 import time
@@ -32,7 +31,7 @@ from splitpack.compiler.input_upload import InputUploadChoice
 from splitpack.compiler.train import run_onnx
 from splitpack.packaging.bundle import pack_bundle, write_bundle
 from splitpack.packaging.manifest import SCHEMA_VERSION
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, entropy_message_sizes
 from splitpack.runtimes.entropy import (
     EntropyTables, calibrate_tables, decode_codes, encode_codes, tables_to_bytes,
 )  # fmt: skip
@@ -107,12 +106,6 @@ def _median_ms(call, count: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-@dataclass(frozen=True)
-class _Sizes:
-    mean: float
-    p95: float
-
-
 def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndarray | EntropyTables,
                     dataset, packed_bytes: int, log) -> tuple[dict, dict, bytes | None]:
     """(record fields, coding ms, tables file) of a variant offered entropy coding; bit-packing
@@ -121,13 +114,11 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
     tables = calibration if isinstance(calibration, EntropyTables) else calibrate_tables(
         calibration, codec.bits)
     codes = run_onnx(head, dataset.x_test[:PAYLOAD_SAMPLES])
-    entropy_sizes = np.array([len(encode_payload(codes[i:i + 1], bundle_id=_WIRE_ID, variant_id=vid, bits=codec.bits,
-                                                 compression="entropy", tables=tables)) for i in range(len(codes))])
-    # what the device sends: per message the smaller of the two (runtimes.backends.encode_request)
-    sent = np.minimum(entropy_sizes, packed_bytes)
-    sizes = _Sizes(float(sent.mean()), float(np.percentile(sent, 95)))
-    if sizes.mean >= packed_bytes:
-        log(f"    {vid}: entropy coding sends {entropy_sizes.mean():.0f} B, bit-packing {packed_bytes} B; "
+    entropy_coded, sent = entropy_message_sizes(codes, bits=codec.bits, tables=tables, variant_id=vid,
+                                                wire_bundle_id=_WIRE_ID)
+    mean, p95 = float(sent.mean()), float(np.percentile(sent, 95))
+    if mean >= packed_bytes:
+        log(f"    {vid}: entropy coding sends {entropy_coded.mean():.0f} B, bit-packing {packed_bytes} B; "
             "keeping bit-packing")
         return {"payload_bytes": packed_bytes, "payload_bytes_p95": packed_bytes}, {}, None
     count = min(TIMING_SAMPLES, len(codes))
@@ -135,9 +126,9 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
     coding_ms = {"encode_ms": _median_ms(lambda i: encode_codes(codes[i:i + 1], tables), count),
                  "decode_ms": _median_ms(lambda i: decode_codes(streams[i], codes[i:i + 1].shape,
                                                                 tables), count)}
-    log(f"    {vid}: entropy coding {sizes.mean:.0f} B mean (p95 {sizes.p95:.0f}), bit-packed "
+    log(f"    {vid}: entropy coding {mean:.0f} B mean (p95 {p95:.0f}), bit-packed "
         f"{packed_bytes} B; {coding_ms['encode_ms']:.3f} + {coding_ms['decode_ms']:.3f} ms")
-    return ({"payload_bytes": round(sizes.mean), "payload_bytes_p95": math.ceil(sizes.p95)},
+    return ({"payload_bytes": round(mean), "payload_bytes_p95": math.ceil(p95)},
             coding_ms, tables_to_bytes(tables))
 
 

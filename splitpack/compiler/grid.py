@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from splitpack.compiler.codec import (
-    CodecSpec, check_codec_fits, codec_space, codes_shape, compression_ratio, kept_channels,
+    CodecSpec, check_codec_fits, codec_space, codes_shape, compression_ratio, cut_channels, kept_channels,
 )  # fmt: skip
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.evaluate import evaluate_model, evaluate_split
@@ -86,29 +86,16 @@ def payload_bytes_of(cut: Cut, codec: CodecSpec) -> int:
     )
 
 
-def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, train_x, test_codes) -> np.ndarray:
-    """Wire bytes of each test sample's entropy-coded message, tables calibrated on the codes of
-    (a subsample of) the training inputs."""
-    from splitpack.compiler.train import run_onnx
+def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, dataset, test_codes):
+    """(entropy-coded, sent) wire bytes of each test sample's message in entropy mode
+    (:func:`~splitpack.runtimes.backends.entropy_message_sizes`), the tables calibrated on the
+    codes of training inputs as ``compile`` calibrates them."""
+    from splitpack.compiler.emit import entropy_calibration_codes
+    from splitpack.runtimes.backends import entropy_message_sizes
     from splitpack.runtimes.entropy import calibrate_tables
-    from splitpack.runtimes.wire import encode_payload
 
-    tables = calibrate_tables(run_onnx(head, train_x), codec.bits)
-    vid = variant_id(cut, codec)
-    return np.array([
-        len(encode_payload(test_codes[i:i + 1], bits=codec.bits, bundle_id="0" * WIRE_BUNDLE_ID_LENGTH,
-                           variant_id=vid, compression="entropy", tables=tables))
-        for i in range(len(test_codes))
-    ])
-
-
-def _sizes(coding: str, packed: int, entropy: np.ndarray | None, count: int) -> np.ndarray:
-    """Bytes on the wire per test sample: bit-packed, or — in entropy mode — the entropy-coded
-    message unless bit-packing is smaller for that sample, as the device sends it
-    (``runtimes.backends.encode_request``)."""
-    if coding == "bitpack":
-        return np.full(count, packed)
-    return np.minimum(entropy, packed)
+    tables = calibrate_tables(entropy_calibration_codes(head, dataset), codec.bits)
+    return entropy_message_sizes(test_codes, bits=codec.bits, tables=tables, variant_id=variant_id(cut, codec))
 
 
 def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *, epochs: int, seed: int,
@@ -126,16 +113,16 @@ def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *,
                           start_from=start_from)
     head, tail = build_variant(model, cut, codec, trained.encoder, trained.decoder, trained.tail_weights)
     evaluation = evaluate_split(head, tail, dataset.x_test, dataset.y_test, codec.bits)
-    channels = cut.shape[0] if len(cut.shape) == 3 else cut.shape[-1]
+    channels = cut_channels(cut.shape)
     packed = payload_bytes_of(cut, codec)
     unknown = [coding for coding in codings if coding not in CODINGS]
     if unknown:
         raise InvalidConfigError(f"coding {unknown[0]!r} is unknown; allowed: {', '.join(CODINGS)}")
-    entropy = (_entropy_payloads(cut, codec, head, dataset.x_train[:2048], evaluation.codes)
-               if "entropy" in codings else None)
+    entropy_coded, sent = (_entropy_payloads(cut, codec, head, dataset, evaluation.codes)
+                           if "entropy" in codings else (None, None))
     cells = []
     for coding in codings:
-        sizes = _sizes(coding, packed, entropy, len(evaluation.codes))
+        sizes = sent if coding == "entropy" else np.full(len(evaluation.codes), packed)
         cells.append(Cell(
             cut=cut.label, cut_name=cut.name, cut_index=cut.index, cut_position=cut.position,
             cut_bytes=cut.bytes_per_sample, codec=codec.name, method=codec.method, coding=coding,
@@ -143,7 +130,7 @@ def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *,
             channel_fraction=kept_channels(cut.shape, codec) / channels,
             compression_ratio=compression_ratio(cut.shape, codec), payload_bytes=float(sizes.mean()),
             payload_bytes_p95=float(np.percentile(sizes, 95)), packed_payload_bytes=packed,
-            entropy_only_payload_bytes=float(entropy.mean()) if coding == "entropy" else None,
+            entropy_only_payload_bytes=float(entropy_coded.mean()) if coding == "entropy" else None,
             accuracy=evaluation.accuracy, train_seconds=trained.train_seconds,
             train_examples=trained.train_examples, tail_seconds=trained.tail_seconds, kept=",".join(trained.kept),
         ))
@@ -204,7 +191,7 @@ def run_grid(
             for cell in previous.get("cells", []):
                 done.setdefault((cell["cut"], cell["codec"]), []).append(cell)
             previous_baselines = previous.get("input_baselines")
-            log(f"resuming {out}: {len(done)} cells already measured")
+            log(f"resuming {out}: {len(done)} units already measured")
     baseline = evaluate_model(model, dataset.x_test, dataset.y_test)
     space_sizes = [len(codec_space(cut.shape)) for cut in all_cuts]
     document = {

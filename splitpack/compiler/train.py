@@ -159,6 +159,28 @@ def _optimize(params, batches, loss_of, *, epochs: int, lr: float, description: 
     return examples
 
 
+def _keep_if_better(modules: tuple, score, fit) -> tuple[tuple, str, int]:
+    """Train ``modules`` in place with ``fit()`` (returns examples processed) and keep the result
+    only if ``score(modules)`` on the held-out samples is not worse than before.
+
+    Returns:
+        ``(modules, "trained" or "initial", examples)``: the trained modules, or copies of them as
+        they were before ``fit``; the modules are left in eval mode.
+    """
+    for module in modules:
+        module.eval()
+    before = score(modules)
+    initial = copy.deepcopy(modules)  # one deepcopy, so modules that share a part still do
+    for module in modules:
+        module.train()
+    examples = fit()
+    for module in modules:
+        module.eval()
+    if score(modules) < before:
+        return initial, "initial", examples
+    return modules, "trained", examples
+
+
 def train_codec(
     features: CutFeatures,
     codec: CodecSpec,
@@ -223,9 +245,6 @@ def train_codec(
     else:
         encoder, decoder = build_codec_modules(features.cut.shape, codec, features.train[train_index])
         if codec.method != "calibrated":
-            encoder.eval(), decoder.eval()
-            before = _score(lambda x: tail(decoder(encoder(x))), *held)
-            initial = copy.deepcopy((encoder, decoder))
             params = list({id(p): p for p in [*encoder.parameters(), *decoder.parameters()]}.values())
             variance = float(x_all.var()) + 1e-8
 
@@ -233,14 +252,12 @@ def train_codec(
                 restored = decoder(encoder(x))
                 return F.mse_loss(restored, x) / variance + _distillation(tail(restored), teacher, y)
 
-            encoder.train(), decoder.train()
-            examples += _optimize(params, batches(x_all, generator), unit_loss, epochs=epochs, lr=lr,
-                                  description=f"train {features.cut.label} {codec}", progress=progress)
-            encoder.eval(), decoder.eval()
-            after = _score(lambda x: tail(decoder(encoder(x))), *held)
-            if after < before:
-                encoder, decoder = initial
-            kept.append("unit:trained" if after >= before else "unit:initial")
+            (encoder, decoder), label, count = _keep_if_better(
+                (encoder, decoder), lambda m: _score(lambda x: tail(m[1](m[0](x))), *held),
+                lambda: _optimize(params, batches(x_all, generator), unit_loss, epochs=epochs, lr=lr,
+                                  description=f"train {features.cut.label} {codec}", progress=progress))
+            examples += count
+            kept.append(f"unit:{label}")
     encoder.eval(), decoder.eval()
     tail_weights, tail_seconds = None, 0.0
     if codec.trains_tail:
@@ -250,8 +267,6 @@ def train_codec(
         with torch.no_grad():
             codes_all = torch.cat([encoder(x_all[i:i + 1024]) for i in range(0, len(x_all), 1024)])
         held_codes = (codes_all[held_index], *held[1:])
-        before = _score(lambda c: trainable(decoder(c)), *held_codes)
-        initial = (copy.deepcopy(decoder), copy.deepcopy(trainable))
         for parameter in decoder.quantizer.parameters():  # the encoder's range: fixed with the head
             parameter.requires_grad_(False)
         params = [p for p in [*decoder.parameters(), *trainable.parameters()] if p.requires_grad]
@@ -259,14 +274,14 @@ def train_codec(
         def tail_loss(codes, teacher, y):
             return _distillation(trainable(decoder(codes)), teacher, y)
 
-        decoder.train()
-        examples += _optimize(params, batches(codes_all, np.random.default_rng([seed, 1])), tail_loss, epochs=epochs, lr=tail_lr,
-                              description=f"tail {features.cut.label} {codec}", progress=progress)
-        decoder.eval()
-        after = _score(lambda c: trainable(decoder(c)), *held_codes)
-        if after < before:
-            decoder, trainable = initial
-        kept.append("tail:trained" if after >= before else "tail:initial")
+        # its own generator: a grid that resumes (and retrains the unit first) gets the same tail
+        (decoder, trainable), label, count = _keep_if_better(
+            (decoder, trainable), lambda m: _score(lambda c: m[1](m[0](c)), *held_codes),
+            lambda: _optimize(params, batches(codes_all, np.random.default_rng([seed, 1])), tail_loss,
+                              epochs=epochs, lr=tail_lr, description=f"tail {features.cut.label} {codec}",
+                              progress=progress))
+        examples += count
+        kept.append(f"tail:{label}")
         tail_weights = trainable.trained_initializers()
         tail_seconds = time.perf_counter() - tail_start
     return TrainedCodec(

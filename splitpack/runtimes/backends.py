@@ -37,7 +37,8 @@ from splitpack.runtimes.wire import encode_payload, message_bytes
 __all__ = [
     "WIRE_BUNDLE_ID_LENGTH", "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",
     "WireInput", "OnnxBackend", "LiteRtBackend", "load_backend", "wire_bundle_id",
-    "expected_wire_input", "upload_of", "load_entropy_tables", "encode_request", "normalize_uint8",
+    "expected_wire_input", "upload_of", "load_entropy_tables", "encode_request",
+    "entropy_message_sizes", "normalize_uint8",
     "denormalize_to_uint8", "layout_permutation",
 ]  # fmt: skip
 
@@ -165,6 +166,27 @@ def encode_request(variant: Variant, array: np.ndarray, *, wire_bundle_id: str,
         if len(message) <= message_bytes(np.shape(array), q.bits, **ids):
             return message
     return encode_payload(array, **fields)
+
+
+def entropy_message_sizes(codes: np.ndarray, *, bits: int, tables: EntropyTables,
+                          variant_id: str, wire_bundle_id: str = "0" * WIRE_BUNDLE_ID_LENGTH,
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of each sample's one-sample message in entropy mode, header included.
+
+    Args:
+        codes: uint8 codes, batch first.
+        bits, tables, variant_id, wire_bundle_id: As for :func:`encode_request` (sizes in a
+            manifest assume a 16-digit bundle id).
+
+    Returns:
+        ``(entropy_coded, sent)``: the entropy-coded message of each sample, and what
+        :func:`encode_request` sends for it — the smaller of that and the bit-packed message.
+    """
+    ids = {"bundle_id": wire_bundle_id, "variant_id": variant_id}
+    entropy_coded = np.array([len(encode_payload(codes[i:i + 1], bits=bits, compression="entropy",
+                                                 tables=tables, **ids)) for i in range(len(codes))])
+    packed = message_bytes((1,) + tuple(np.shape(codes)[1:]), bits, **ids)
+    return entropy_coded, np.minimum(entropy_coded, packed)
 
 
 def _channel_stats(preprocessing: Preprocessing, values: np.ndarray) -> tuple:

@@ -274,3 +274,20 @@ def test_missing_or_edited_tables_fail_at_read_naming_the_file(entropy_bundle_pa
     (edited / relpath).unlink()
     with pytest.raises(InvalidBundleError, match=f"{relpath}: missing"):
         read_bundle(edited)
+
+
+def test_entropy_message_sizes_are_what_encode_request_sends() -> None:
+    from splitpack.runtimes.backends import entropy_message_sizes
+    from splitpack.runtimes.wire import encode_payload, message_bytes
+
+    rng = np.random.default_rng(0)
+    skewed = np.where(rng.random((40, 3, 4, 4)) < 0.8, 0, rng.integers(0, 16, (40, 3, 4, 4))).astype(np.uint8)
+    tables = calibrate_tables(skewed, 4)
+    unseen = rng.integers(0, 16, (6, 3, 4, 4)).astype(np.uint8)  # uniform: costs more than bit-packing
+    codes = np.concatenate([skewed[:6], unseen])
+    coded, sent = entropy_message_sizes(codes, bits=4, tables=tables, variant_id="v")
+    packed = message_bytes((1, 3, 4, 4), 4, bundle_id="0" * 16, variant_id="v")
+    assert coded.tolist() == [len(encode_payload(codes[i:i + 1], bits=4, compression="entropy", tables=tables,
+                                                 bundle_id="0" * 16, variant_id="v")) for i in range(len(codes))]
+    assert sent.tolist() == np.minimum(coded, packed).tolist()
+    assert (sent[:6] < packed).all() and (coded[6:] > packed).all() and (sent[6:] == packed).all()
