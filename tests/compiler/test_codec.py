@@ -68,6 +68,13 @@ def test_codec_space_and_ladder():
     ladder = codec_ladder((16, 16, 16))
     assert len(ladder) == 16 and set(ladder) <= set(space)
     assert compression_ratio((16, 16, 16), ladder[0]) == 4 and compression_ratio((16, 16, 16), ladder[-1]) == 8192
+    # every channel kept at stride 1 first, bits lowered (4x .. 32x), then projections
+    assert ladder[:4] == [CodecSpec(16, 1, bits) for bits in (8, 4, 2, 1)]
+    assert all(c.channels < 16 or c.stride > 1 for c in ladder[4:])
+    short = codec_ladder((16, 16, 16), 8)
+    assert short[:4] == ladder[:4] and short[-1] == ladder[-1] and len(set(short)) == 8
+    assert [c.bits for c in short[4:]] == [8, 8, 4, 1]  # the most bits at each higher ratio
+    assert codec_ladder((16, 16, 16), 2) == ladder[:2]
     assert all(c.stride == 1 for c in codec_space((65, 64)))  # no stride on tokens
     assert parse_codecs("all") is None
     assert parse_codecs("c4s1b8, c2s2b4") == [CodecSpec(4, 1, 8), CodecSpec(2, 2, 4)]
