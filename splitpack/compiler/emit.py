@@ -169,7 +169,9 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
 
     Args:
         settings, out, work, model, cuts, dataset, baseline, profile, selection,
-            predictor_json, log: The compile's state (see ``compile_bundle``).
+            predictor_json, log: The compile's state (see ``compile_bundle``); ``selection`` is
+            the :class:`~splitpack.compiler.selection.Selection` whose ``chosen`` variants
+            (their final artifacts in ``work/final/<id>/``) the bundle carries, possibly none.
         entropy: Split variant id -> uint8 codes of training inputs (batch first, e.g.
             :func:`entropy_calibration_codes`) or ready :class:`EntropyTables`. Each listed
             variant gets its tables file and ``coding`` "entropy" when that sends fewer bytes
@@ -182,10 +184,10 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
         ``{"archive": path, "variants": [variant records as in the manifest]}``.
     """
     entropy = dict(entropy or {})
-    unknown = sorted(set(entropy) - set(selection["chosen"]))
+    unknown = sorted(set(entropy) - set(selection.chosen))
     if unknown:
         raise InvalidConfigError(f"entropy: {unknown} are not chosen split variants; chosen: "
-                                 f"{', '.join(selection['chosen'])}")
+                                 f"{', '.join(selection.chosen) or 'none'}")
     classes = dataset.num_classes
     count = min(settings.samples, len(dataset.x_test))
     pixels = dataset.to_uint8(dataset.x_test[:count])
@@ -226,8 +228,8 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
     })
     expected["edge"] = model_output
 
-    for vid in selection["chosen"]:
-        cell = selection["finals"][vid]
+    for vid in selection.chosen:
+        cell = selection.finals[vid]
         cut, codec = cuts[cell["cut"]], parse_codec(cell["codec"])
         head = onnx.load(str(work / "final" / vid / "head.onnx"))
         tail = onnx.load(str(work / "final" / vid / "tail.onnx"))
@@ -244,7 +246,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
         record = {
             "id": vid, "kind": "split", "cut": cut.name, "cut_label": cut.label, "codec": codec.name,
             "compression_ratio": cell["compression_ratio"], **sizes,
-            "accuracy": cell["accuracy"], "predicted_accuracy": selection["predicted"][vid],
+            "accuracy": cell["accuracy"], "predicted_accuracy": selection.predicted[vid],
             "artifacts": {"head": f"variants/{vid}/head.onnx", "head_tflite": None, "tail": f"variants/{vid}/tail.onnx"},
             "head_output": {"name": "codes", "dtype": "uint8", "shape": codes},
             "tail_input": {"name": "codes", "dtype": "uint8", "shape": codes},

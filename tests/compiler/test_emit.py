@@ -11,6 +11,7 @@ import pytest
 
 from splitpack.compiler import emit
 from splitpack.compiler.input_upload import choose_input_upload
+from splitpack.compiler.selection import Selection
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.entropy import load_tables
 from splitpack.runtimes.wire import header_bytes, message_bytes
@@ -106,5 +107,5 @@ def test_the_edge_variant_records_its_upload_and_true_bytes() -> None:
 def test_entropy_for_a_variant_that_was_not_chosen_is_refused() -> None:
     with pytest.raises(InvalidConfigError, match=r"entropy: \['nope'\] are not chosen split variants"):
         emit.emit_bundle(settings=None, out=None, work=None, model=None, cuts={}, dataset=None,
-                         baseline=0.0, profile={}, selection={"chosen": ["a"]}, predictor_json="",
+                         baseline=0.0, profile={}, selection=Selection(("a",), {}, {}, ("a",), 0.0, 0.0), predictor_json="",
                          log=print, entropy={"nope": np.zeros((1, 2), np.uint8)})

@@ -17,6 +17,7 @@ import torch
 
 from splitpack.cli import main
 from splitpack.compiler.settings import CompileSettings, load_settings
+from splitpack.compiler.codec import parse_codec
 from splitpack.compiler.tflite import run_tflite
 from splitpack.errors import InvalidBundleError, InvalidConfigError
 from splitpack.packaging.bundle import read_bundle, read_samples
@@ -258,3 +259,81 @@ def test_config_file_and_options_merge(tmp_path):
     path.write_text('model = "m.py:f"\nvariants = 3\ntflite = false\n')
     settings = load_settings(str(path), {"variants": 2, "data": None})
     assert settings == CompileSettings(model="m.py:f", variants=2, tflite=False)
+
+
+def _settings_for(user_project, **changes) -> CompileSettings:
+    values = dict(model=f"{user_project / 'stripes.py'}:stripes", weights=str(user_project / "stripes.pt"),
+                  data=f"npz:{user_project / 'stripes.npz'}", variants=2, budget=6, epochs=3, final_epochs=4,
+                  samples=8, max_accuracy_drop=5.0, device_slowdown=10.0, tflite=False)
+    values.update(changes)
+    return CompileSettings(**values)
+
+
+def _work_copy(compiled, user_project, name):
+    """A copy of the fixture's work folder under another bundle name, without its cached
+    selections: the cells are not retrained, the selection is made anew."""
+    shutil.copytree(user_project / "bundle.work", user_project / f"{name}.work")
+    for cached in (user_project / f"{name}.work").glob("*/selection-*.json"):
+        cached.unlink()
+    return user_project / name
+
+
+def test_the_selection_is_keyed_by_the_settings_it_reads(compiled, user_project):
+    from splitpack.compiler.pipeline import compile_bundle
+
+    out = _work_copy(compiled, user_project, "keyed")
+    one = compile_bundle(_settings_for(user_project, variants=1, bandwidth="0.1:1"), out, log=lambda line: None)
+    two = compile_bundle(_settings_for(user_project, variants=2), out, log=lambda line: None)
+    work = Path(two["work"])
+    assert one["work"] == two["work"]  # the same training settings: one work folder
+    selections = sorted(work.glob("selection-*.json"))
+    assert len(selections) >= 2
+    splits = [[v["id"] for v in result["variants"] if v["kind"] == "split"] for result in (one, two)]
+    assert len(splits[0]) <= 1 and splits[0] != splits[1]
+
+
+def _failing_finals(monkeypatch, fails):
+    """Make final (keep_artifacts) cells measure 0 % when ``fails(variant id)``."""
+    from splitpack.compiler import pipeline
+
+    real = pipeline._Trainer.cell
+
+    def cell(self, cut_label, codec_name, *, epochs, keep_artifacts):
+        result = dict(real(self, cut_label, codec_name, epochs=epochs, keep_artifacts=keep_artifacts))
+        vid = pipeline.variant_id(self.cuts[cut_label], parse_codec(codec_name))
+        if keep_artifacts and fails(vid):
+            result["accuracy"] = 0.0
+        return result
+
+    monkeypatch.setattr(pipeline._Trainer, "cell", cell)
+
+
+def test_a_compile_whose_variants_fail_the_floor_ships_the_others_and_says_so(compiled, user_project, monkeypatch):
+    from splitpack.compiler.pipeline import compile_bundle
+
+    shipped = [v.id for v in read_bundle(compiled).manifest.variants if v.kind == "split"]
+    _failing_finals(monkeypatch, lambda vid: vid == shipped[0])
+    out = _work_copy(compiled, user_project, "partly")
+    lines: list[str] = []
+    result = compile_bundle(_settings_for(user_project, max_accuracy_drop=5.0), out, log=lines.append)
+    bundle = read_bundle(out)
+    splits = [v for v in bundle.manifest.variants if v.kind == "split"]
+    assert splits and shipped[0] not in {v.id for v in splits}
+    assert shipped[0] in [d["id"] for d in result["dropped"]]
+    assert any(f"not in the bundle: {shipped[0]}: measured 0.00% < floor" in line for line in lines)
+    assert all(v.accuracy >= bundle.manifest.baseline_accuracy - 5.0 for v in splits)
+    assert verify_bundle(out).variants
+
+
+def test_a_compile_where_no_variant_meets_the_floor_ships_local_and_edge(compiled, user_project, monkeypatch):
+    from splitpack.compiler.pipeline import compile_bundle
+
+    _failing_finals(monkeypatch, lambda vid: True)
+    out = _work_copy(compiled, user_project, "nothing")
+    lines: list[str] = []
+    result = compile_bundle(_settings_for(user_project), out, log=lines.append)
+    manifest = read_bundle(out).manifest
+    assert [v.kind for v in manifest.variants] == ["local", "edge"]
+    assert len(result["dropped"]) >= 2
+    assert any("0 of 2 split variants met the accuracy floor" in line for line in lines)
+    assert set(verify_bundle(out).variants) == {"local", "edge"}
