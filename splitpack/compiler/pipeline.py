@@ -157,11 +157,15 @@ def profile_cuts(work: _Work, model: onnx.ModelProto, input_shape: tuple[int, ..
 def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[CellFeatures],
                  baseline: float) -> SamplingResult:
     """Train ``settings.budget`` cells where they teach the predictor most, and fit it."""
+    if settings.budget > len(candidates):
+        raise InvalidConfigError(
+            f"budget {settings.budget} is larger than the {len(candidates)} cells the compiler considers "
+            f"for this model (every cut x its codec space); allowed: 4..{len(candidates)}: lower --budget")
+
     def measured(cell: CellFeatures) -> float:
         return trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)["accuracy"]
 
-    return sample_and_fit(candidates, min(settings.budget, len(candidates)), measured, baseline,
-                          tolerance=settings.max_accuracy_drop)
+    return sample_and_fit(candidates, settings.budget, measured, baseline, tolerance=settings.max_accuracy_drop)
 
 
 def selection_key(settings: CompileSettings) -> str:

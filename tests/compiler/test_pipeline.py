@@ -337,3 +337,13 @@ def test_a_compile_where_no_variant_meets_the_floor_ships_local_and_edge(compile
     assert len(result["dropped"]) >= 2
     assert any("0 of 2 split variants met the accuracy floor" in line for line in lines)
     assert set(verify_bundle(out).variants) == {"local", "edge"}
+
+
+def test_a_budget_larger_than_the_space_is_refused_before_training(compiled, user_project):
+    from splitpack.compiler.pipeline import compile_bundle
+
+    out = _work_copy(compiled, user_project, "budget")
+    with pytest.raises(InvalidConfigError, match=r"compile step 'sample and train 100000 of \d+ cells'.*"
+                                                 r"budget 100000 is larger than the \d+ cells .* allowed: 4\.\.\d+"):
+        compile_bundle(_settings_for(user_project, budget=100_000), out, log=lambda line: None)
+    assert not out.exists()  # nothing written where the bundle goes
