@@ -154,7 +154,8 @@ def plot_selector(report: dict, path: Path) -> None:
 
 
 def plot_runtime(result: dict, path: str | os.PathLike[str], window_s: float = 1.0) -> None:
-    """Bandwidth (``window_s`` means), chosen variant and latency over time (three stacked
+    """Bandwidth (``window_s`` means) and scheduled loads, chosen variant, and latency (the
+    adaptive runtime's, fixed methods' and the per-round oracle's) over time (three stacked
     axes) of a ``bench runtime`` result."""
     import matplotlib
 
@@ -170,6 +171,18 @@ def plot_runtime(result: dict, path: str | os.PathLike[str], window_s: float = 1
     bandwidth.set_ylabel(f"uplink Mbit/s\n({window_s:g} s mean)")
     bandwidth.set_title(f"{Path(result['trace']['path']).name} from {result['trace']['start_offset_s']:g} s;"
                         f" device slowdown {result['device_slowdown']:g}x")
+    schedules = {name: info for name, info in (result.get("load") or {}).items() if info}
+    if schedules:  # the slowdowns the load traces schedule, as steps on a second axis
+        slowdown = bandwidth.twinx()
+        offset, end = result["trace"]["segment_s"]
+        for (name, info), style in zip(schedules.items(), ("tab:brown", "tab:olive")):
+            rows = [[max(t, offset), s] for t, s in info["rows"] if t <= end]
+            rows = [[offset, info["start_slowdown"]]] + [r for r in rows if r[0] > offset]
+            steps = np.array(rows + [[end, rows[-1][1]]])
+            slowdown.step(steps[:, 0] - offset, steps[:, 1], where="post", lw=1, color=style,
+                          label=f"{name} slowdown")
+        slowdown.set_ylabel("slowdown x")
+        slowdown.legend(fontsize=7, loc="upper right")
     ids = list(result["bundle"]["variants"])
     chosen = [r.get("variant") for r in log]
     answered = [i for i, v in enumerate(chosen) if v is not None]
@@ -186,6 +199,11 @@ def plot_runtime(result: dict, path: str | os.PathLike[str], window_s: float = 1
         series = np.array([[t, np.nan if ms is None else ms] for t, ms in result["fixed_log"][vid]])
         latency.plot(series[:, 0], series[:, 1], "-", lw=0.7, alpha=0.6, color=style,
                      label=f"{name} {vid} (median {medians[name]:.3g} ms)")
+    oracle = [row for row in result.get("oracle_log", []) if row[1] is not None]
+    if oracle and medians.get("oracle") is not None:
+        series = np.array([row[:2] for row in oracle], dtype=float)
+        latency.plot(series[:, 0], series[:, 1], "-", lw=0.9, color="black",
+                     label=f"oracle: best fixed method per round (median {medians['oracle']:.3g} ms)")
     latency.set_yscale("log")
     latency.set_ylabel("latency ms")
     latency.set_xlabel("seconds since the run started")

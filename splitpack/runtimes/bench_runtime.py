@@ -15,9 +15,33 @@ after another, let the host's drift between runs (0.5 ms on 3.5 ms medians) outw
 differences being measured.
 
 :class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
-the same pieces (:func:`load_backend` heads stretched to ``device_slowdown`` x their measured
-time, :func:`encode_request`, the shaped link, ``POST /v1/infer`` with httpx); they have no
-selector and no fallback, so an edge failure there is an error and a lost request.
+the same pieces (:func:`load_backend` heads stretched to the scheduled device slowdown x their
+measured time, :func:`encode_request`, the shaped link, ``POST /v1/infer`` with httpx); they
+have no selector and no fallback, so an edge failure there is an error and a lost request.
+
+The oracle: since every round shows each fixed method on the same moment, the best fixed
+method of each round is known afterwards; ``median_latency_ms.oracle`` (and the p90, p99 and
+mean figures) are those of the per-round minimum, and ``adaptive_to_oracle`` divides the
+adaptive runtime's median, mean and p90 by the oracle's (see
+:func:`~splitpack.runtimes.bench_report.oracle_summary` for the rounds that count).
+
+Load that changes (``--load-trace FILE``, ``--edge-load-trace FILE``: ``seconds,slowdown``
+rows, :mod:`splitpack.runtimes.load`): the device slowdown follows the schedule on the same
+clock as the bandwidth trace (trace time ``start_offset_s`` + seconds since the rounds
+started), for the adaptive runtime and every fixed method alike; without one it is the constant
+``device_slowdown``. The adaptive runtime is told only ``device_slowdown`` (by default the
+schedule's slowdown at ``start_offset_s``) and follows the rest from what it measures. The edge
+process stretches its tails to the edge schedule, started on the same clock through its standard
+input. ``load_changes`` gives, for each change in the replayed segment, its time and when the
+adaptive runtime first switched variant after it (and when it last did before the next
+change). An ``edge`` upload's preparation (zlib, PNG, JPEG) is device compute too, and is
+stretched like a head (format /2; /1 stretched heads only). For example, a device 16x slower
+than this host whose slowdown triples for 20 s, over a steady 10 Mbit/s uplink: with
+``flat.csv`` of the rows ``seconds,mbps``, ``0,10``, ``1,10`` and ``load.csv`` of the rows
+``seconds,slowdown``, ``0,16``, ``5,48``, ``25,16``::
+
+    splitpack bench runtime demo-out/bundle --trace flat.csv --load-trace load.csv
+        --requests 300 --out runtime_load.json --plot runtime_load.png
 
 Imports what the runtimes import (numpy, httpx, onnxruntime); matplotlib only to plot.
 """
@@ -28,8 +52,8 @@ import argparse
 import json
 import math
 import os
+import tempfile
 import time
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
@@ -42,16 +66,20 @@ from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )  # fmt: skip
+from splitpack.runtimes.bench_report import (
+    RUNTIME_FORMAT, load_info, runtime_result, summarize_run, switches_after_changes, trace_info,
+)  # fmt: skip
 from splitpack.runtimes.bench_support import (
-    OCTET_STREAM_HEADERS, edge_process, host_info, model_input, percentile,
+    OCTET_STREAM_HEADERS, edge_server, host_info, model_input,
 )
 from splitpack.runtimes.device import DeviceRuntime, InferenceResult
-from splitpack.runtimes.netem import BandwidthTrace, ShapedLink, load_trace
+from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load, read_load_trace
+from splitpack.runtimes.netem import BandwidthTrace, ShapedLink
+from splitpack.runtimes.netem import load_trace as load_bandwidth_trace
 from splitpack.runtimes.wire import decode_payload
 
-__all__ = ["run_runtime_benchmark", "add_bench_runtime_commands"]
+__all__ = ["RUNTIME_FORMAT", "run_runtime_benchmark", "add_bench_runtime_commands"]
 
-RUNTIME_FORMAT = "splitpack-bench-runtime/1"
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_THREADS = 1  # per session; see run_runtime_benchmark
 DEFAULT_REQUESTS = 150  # 15 s of trace at the 100 ms pace (longer when rounds slip)
@@ -73,23 +101,19 @@ class _FixedVariant:
     """Answers every request with one variant: head (stretched), wire payload, link, POST."""
 
     def __init__(self, bundle: Bundle, variant_id: str, heads: dict, client: httpx.Client,
-                 link: ShapedLink | None, device_slowdown: float) -> None:
+                 link: ShapedLink | None, emulated_load: EmulatedLoad) -> None:
         self.manifest = bundle.manifest
         self.variant = next(v for v in self.manifest.variants if v.id == variant_id)
         self.head = heads.get(variant_id)
         self.wire_id = wire_bundle_id(self.manifest)
         self.tables = load_entropy_tables(bundle, self.variant)
-        self.client, self.link, self.device_slowdown = client, link, device_slowdown
+        self.client, self.link, self.emulated_load = client, link, emulated_load
 
     def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
         # Normalized before the clock starts, as DeviceRuntime does: only the head is stretched.
         inputs = model_input(self.manifest, batch)
-        started = time.perf_counter()
-        output = self.head.run(inputs)
-        measured = time.perf_counter() - started
-        if self.device_slowdown > 1.0:  # as DeviceRuntime: stretch to device_slowdown x
-            time.sleep(measured * (self.device_slowdown - 1.0))
-        return output, (time.perf_counter() - started) * 1e3
+        output, seconds = self.emulated_load.stretch(lambda: self.head.run(inputs))
+        return output, seconds * 1e3
 
     def infer(self, sample: np.ndarray) -> InferenceResult:
         started = time.perf_counter()
@@ -98,9 +122,10 @@ class _FixedVariant:
             output, head_ms = self._run_head(batch)
             return InferenceResult(output[0], vid, kind, (time.perf_counter() - started) * 1e3,
                                    head_ms, 0.0, 0.0, False)
-        if kind == "edge":  # the upload the manifest names, as DeviceRuntime sends it
-            payload = encode_request(self.variant, batch, wire_bundle_id=self.wire_id)
-            head_ms = (time.perf_counter() - started) * 1e3
+        if kind == "edge":  # the upload the manifest names, stretched as DeviceRuntime's
+            payload, seconds = self.emulated_load.stretch(
+                lambda: encode_request(self.variant, batch, wire_bundle_id=self.wire_id))
+            head_ms = seconds * 1e3
         else:
             codes, head_ms = self._run_head(batch)
             payload = encode_request(self.variant, codes, wire_bundle_id=self.wire_id,
@@ -138,25 +163,35 @@ def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.nda
 
 def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthTrace,
             inputs: np.ndarray, expected: dict, *, requests: int, interval_s: float,
-            start_offset_s: float, max_run_s: float,
-            observe: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
+            start_offset_s: float, max_run_s: float, device_load: LoadSchedule,
+            edge_load: LoadSchedule, start_edge_clock: Callable[[float], None] | None,
+            observe: dict[str, Callable[[], dict]],
+            report: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
     """Issue ``requests`` paced rounds; in each round every device answers request ``i``.
 
     Every device gets its own :class:`ShapedLink` on ``trace``, all built at one moment, so
     each device's request ``i`` meets the trace within the time a round takes (milliseconds for
-    the digits bundle, up to about half a second for slow methods), on the same machine state. The devices take turns one after another (never two requests at
-    once) in an order rotated by one each round, so none is always first after the pause.
+    the digits bundle, up to about half a second for slow methods), on the same machine state.
+    One :class:`EmulatedLoad` of ``device_load``, started at that moment too, stretches every
+    device's compute; ``start_edge_clock`` (given the wall-clock time of that moment) starts
+    the edge's. The devices take turns one after another (never two requests at once) in an
+    order rotated by one each round, so none is always first after the pause.
 
     Returns:
-        Per device, one record per answered or failed request, with what ``observe[name]``
-        returns just before each request (the adaptive runtime's view of the conditions).
+        Per device, one record per answered or failed request, with its round, the slowdowns
+        scheduled when it started, what ``observe[name]`` returns just before it (the adaptive
+        runtime's view of the conditions) and ``report[name]`` just after it.
     """
     names = list(devices)
+    emulated = EmulatedLoad(device_load, start_offset_s=start_offset_s, started=False)
     links = {name: ShapedLink(trace, start_offset_s=start_offset_s) for name in names}
     for name, device in devices.items():
-        device.link = links[name]
+        device.link, device.emulated_load = links[name], emulated
     records: dict[str, list[dict]] = {name: [] for name in names}
     started = time.monotonic()  # the links were built just now: trace time = offset + elapsed
+    emulated.start(started)
+    if start_edge_clock is not None:
+        start_edge_clock(time.time())
     for number in range(requests):
         wait = started + number * interval_s - time.monotonic()
         if wait > 0:
@@ -166,8 +201,11 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
         index, turn = number % len(inputs), number % len(names)
         for name in names[turn:] + names[:turn]:
             elapsed = time.monotonic() - started
-            record = {"t_s": round(elapsed, 4), "trace_s": round(start_offset_s + elapsed, 4),
+            record = {"round": number, "t_s": round(elapsed, 4),
+                      "trace_s": round(start_offset_s + elapsed, 4),
                       "mbps": round(links[name].current_mbps(BANDWIDTH_WINDOW_S), 4),
+                      "device_slowdown": device_load.slowdown_at(start_offset_s + elapsed),
+                      "edge_slowdown": edge_load.slowdown_at(start_offset_s + elapsed),
                       "sample": index, **(observe[name]() if name in observe else {})}
             try:
                 result = devices[name].infer(inputs[index])
@@ -180,7 +218,8 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
                 "latency_ms": round(result.latency_ms, 4), "head_ms": round(result.head_ms, 4),
                 "transfer_ms": round(result.transfer_ms, 4), "edge_ms": round(result.edge_ms, 4),
                 "fallback": result.fallback,
-                "argmax_agrees": bool(np.argmax(result.output) == np.argmax(reference))})
+                "argmax_agrees": bool(np.argmax(result.output) == np.argmax(reference)),
+                **(report[name]() if name in report else {})})
     return records
 
 
@@ -188,19 +227,6 @@ def _conditions_seen(runtime: DeviceRuntime) -> dict:
     """What the adaptive runtime's selector will see for the next request."""
     return {"estimated_mbps": round(runtime.estimator.estimate_mbps(), 4),
             "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3)}
-
-
-def _summarize(records: list[dict], requests: int, errors: int) -> dict:
-    latencies = [r["latency_ms"] for r in records if "latency_ms" in r]
-    return {"requests": requests, "answered": len(latencies), "errors": errors,
-            "lost": len(records) - len(latencies), "skipped": requests - len(records),
-            "median_latency_ms": percentile(latencies, 50),
-            "p90_latency_ms": percentile(latencies, 90),
-            "p99_latency_ms": percentile(latencies, 99),
-            "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
-            "argmax_disagreements": sum(not r["argmax_agrees"] for r in records if "variant" in r),
-            "variants": dict(Counter(r["variant"] for r in records if "variant" in r)),
-            "error_examples": [r["error"] for r in records if "error" in r][:5]}
 
 
 def _warm_up(fixed: dict[str, _FixedVariant], inputs: np.ndarray) -> float:
@@ -215,21 +241,26 @@ def _warm_up(fixed: dict[str, _FixedVariant], inputs: np.ndarray) -> float:
     return float(np.median(overhead)) if overhead else 1.0
 
 
-def _trace_info(trace: BandwidthTrace, source: str, start_offset_s: float, span_s: float) -> dict:
-    """The trace's statistics, and its 1 s mean capacity every 0.1 s over the replayed segment."""
-    p10, p50, p90 = trace.percentiles_mbps()
-    curve = [[round(float(t), 2), round(trace.mbps_at(start_offset_s + t, BANDWIDTH_WINDOW_S), 4)]
-             for t in np.arange(0.0, span_s + 1e-9, 0.1)]
-    segment_bytes = trace.bytes_between(start_offset_s, start_offset_s + span_s)
-    return {"path": source, "duration_s": trace.duration_s, "mean_mbps": trace.mean_mbps,
-            "p10_p50_p90_mbps": [p10, p50, p90], "start_offset_s": start_offset_s,
-            "segment_s": [start_offset_s, start_offset_s + span_s],
-            "segment_mean_mbps": segment_bytes * 8 / 1e6 / span_s, "segment_mbps": curve}
+def _schedule(load: str | os.PathLike[str] | LoadSchedule | None) -> LoadSchedule | None:
+    return load if load is None or isinstance(load, LoadSchedule) else read_load_trace(load)
+
+
+def _edge_load_file(stack: ExitStack,
+                    given: str | os.PathLike[str] | LoadSchedule | None) -> str | None:
+    """The file the edge process reads its schedule from (a temporary one for a schedule
+    given in memory)."""
+    if not isinstance(given, LoadSchedule):
+        return None if given is None else os.fspath(given)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitpack-load-")))
+    (folder / "edge_load.csv").write_text("".join(f"{t!r},{s!r}\n" for t, s in given.rows()))
+    return os.fspath(folder / "edge_load.csv")
 
 
 def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLike[str] | BandwidthTrace,
                           *, requests: int = DEFAULT_REQUESTS, interval_s: float = DEFAULT_INTERVAL_S,
                           start_offset_s: float = 0.0, device_slowdown: float | None = None,
+                          load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
+                          edge_load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
                           threads: int | None = DEFAULT_THREADS,
                           out_json: str | os.PathLike[str] | None = None,
                           out_png: str | os.PathLike[str] | None = None) -> dict:
@@ -241,8 +272,14 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         requests: Requests per run (>= 1); each run spans ``requests * interval_s`` s of trace.
         interval_s: Pacing: request ``i`` is due ``i * interval_s`` after its run starts.
         start_offset_s: The trace time at which every run starts.
-        device_slowdown: Stretch device compute to this many times what it takes here; None
-            for the bundle's ``profiles.device_slowdown`` (1 if it has none).
+        device_slowdown: The device is this many times slower than this host: what the adaptive
+            runtime is told, and, without ``load_trace``, how much every method's device
+            compute is stretched. None: with ``load_trace``, its slowdown at
+            ``start_offset_s``; else the bundle's ``profiles.device_slowdown`` (1 if none).
+        load_trace: Device load that changes: a ``seconds,slowdown`` file or a
+            :class:`LoadSchedule`, on the bandwidth trace's clock; every method's device
+            compute is stretched to the slowdown scheduled when it starts.
+        edge_load_trace: The same for the edge's tails, applied by the edge process.
         threads: Threads of every head and tail session (None: ONNX Runtime's choice). One by
             default: device and edge share this host, and a multi-threaded session's workers
             keep spinning after each run, so one side's idle threads were timed as the other
@@ -253,26 +290,34 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         out_json, out_png: Where to write the result and its plot (optional).
 
     Returns:
-        The result (also written to ``out_json``): ``median_latency_ms`` and ``p90_latency_ms``
-        (each ``{adaptive, best_static, local, edge}``), ``best_static_variant`` and
-        ``static_median_latency_ms`` (every split variant), ``switches``, ``switch_ms_p99``,
-        ``errors`` and ``lost`` (summed over every run), ``requests``, ``trace``,
-        ``device_slowdown``, ``rtt_ms`` (the loopback overhead given to the selector),
-        ``targets``, ``runs`` (per run: medians, counts, variants used), ``log`` (per adaptive
-        request: time, bandwidth, the runtime's estimate and loads, variant, latency and its
-        parts) and ``fixed_log`` (time and latency per request of each fixed run).
+        The result (also written to ``out_json``): ``median_latency_ms``, ``p90_latency_ms``,
+        ``p99_latency_ms`` and ``mean_latency_ms`` (each ``{adaptive, best_static, local,
+        edge, oracle}``), ``adaptive_to_oracle`` (median, mean and p90 ratios) and ``oracle``
+        (its rule, the rounds counted, how often each method was the best),
+        ``best_static_variant`` and ``static_median_latency_ms`` (every split variant),
+        ``switches``, ``switch_ms_p99``, ``errors`` and ``lost`` (summed over every run),
+        ``requests``, ``trace``, ``device_slowdown``, ``load`` (the device and edge schedules;
+        None without one) and ``load_changes`` (per change in the segment: when, and the
+        adaptive runtime's first switch after it), ``rtt_ms`` (the loopback overhead given to
+        the selector), ``targets``, ``runs`` (per run: medians, counts, variants used),
+        ``log`` (per adaptive request: round, time, bandwidth, scheduled slowdowns, the
+        runtime's estimate and loads, the variant that answered and the ``selected`` one,
+        latency and its parts), ``fixed_log`` (time and latency per request of each fixed
+        run) and ``oracle_log`` (per round: time, latency, method).
     """
     if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
         raise InvalidConfigError(f"requests: found {requests!r}; expected an int >= 1")
     if not (isinstance(interval_s, (int, float)) and 0 <= interval_s <= 60):
         raise InvalidConfigError(f"interval_s: found {interval_s!r}; expected seconds in [0, 60]")
+    device_schedule, edge_schedule = _schedule(load_trace), _schedule(edge_load_trace)
     opened, host = read_bundle(bundle), host_info()
     manifest = opened.manifest
     if device_slowdown is None:
-        device_slowdown = float(manifest.profiles.get("device_slowdown", 1.0))
+        device_slowdown = (device_schedule.slowdown_at(start_offset_s) if device_schedule
+                           else float(manifest.profiles.get("device_slowdown", 1.0)))
     if not (isinstance(device_slowdown, (int, float)) and device_slowdown > 0):
         raise InvalidConfigError(f"device_slowdown: found {device_slowdown!r}; expected > 0")
-    replayed = trace if isinstance(trace, BandwidthTrace) else load_trace(trace)
+    replayed = trace if isinstance(trace, BandwidthTrace) else load_bandwidth_trace(trace)
     source = replayed.source if isinstance(trace, BandwidthTrace) else os.fspath(trace)
     inputs, expected = read_samples(opened)
     if inputs.dtype != np.uint8:
@@ -284,34 +329,50 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     local_id = next(v.id for v in manifest.variants if v.kind == "local")
     edge_id = next(v.id for v in manifest.variants if v.kind == "edge")
     fixed_ids = [*split_ids, local_id, edge_id]
+    steady = EmulatedLoad(constant_load(device_slowdown))  # warm-up, before the rounds start
     with ExitStack() as stack:
-        url = stack.enter_context(edge_process(opened.root, threads=threads))
+        edge = stack.enter_context(edge_server(
+            opened.root, threads=threads, load_start_offset_s=start_offset_s,
+            load_trace=_edge_load_file(stack, edge_load_trace)))
         fixed = {vid: _FixedVariant(opened, vid, heads, stack.enter_context(
-            httpx.Client(base_url=url, timeout=10.0)), None, device_slowdown) for vid in fixed_ids}
+            httpx.Client(base_url=edge.url, timeout=10.0)), None, steady) for vid in fixed_ids}
         rtt_ms = _warm_up(fixed, inputs)
-        runtime = stack.enter_context(DeviceRuntime(opened, url, device_slowdown=device_slowdown,
-                                                    rtt_ms=rtt_ms, threads=threads))
+        runtime = stack.enter_context(DeviceRuntime(
+            opened, edge.url, device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads))
         for head in runtime.heads.values():  # a head's first run is slow; not the device's state
             head.run(model_input(manifest, inputs[:1]))
         logs = _replay({"adaptive": runtime, **fixed}, replayed, inputs, expected,
                        requests=requests, interval_s=interval_s, start_offset_s=start_offset_s,
+                       device_load=device_schedule or constant_load(device_slowdown),
+                       edge_load=edge_schedule or constant_load(1.0),
+                       start_edge_clock=edge.start_load_clock if edge_schedule else None,
                        observe={"adaptive": lambda: _conditions_seen(runtime)},
+                       report={"adaptive": lambda: {"selected": runtime.current_variant}},
                        max_run_s=MAX_RUN_FACTOR * requests * interval_s + 300.0)
         stats = runtime.stats
     lost_exceptions = sum("error" in r for r in logs["adaptive"])
     runs = {"adaptive": {
-        **_summarize(logs["adaptive"], requests, stats["fallbacks"] + lost_exceptions),
+        **summarize_run(logs["adaptive"], requests, stats["fallbacks"] + lost_exceptions),
         "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
         "probes": stats["probes"], "switches": stats["switches"], "edge_errors": stats["errors"][:5]}}
     for vid in fixed_ids:
-        runs[vid] = _summarize(logs[vid], requests, sum("error" in r for r in logs[vid]))
-    result = _runtime_result(runs, logs, stats, split_ids, local_id, edge_id)
+        runs[vid] = summarize_run(logs[vid], requests, sum("error" in r for r in logs[vid]))
+    result = runtime_result(runs, logs, stats, split_ids, local_id, edge_id)
     host["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["host"] = host
     # Rounds slip when a round takes longer than interval_s: the segment is what the run spans.
     span_s = max([requests * interval_s, 1e-3] + [r["t_s"] for log in logs.values() for r in log])
-    result.update(trace=_trace_info(replayed, source, start_offset_s, span_s),
-                  device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads, bundle={
+    schedules = {"device": device_schedule, "edge": edge_schedule}
+    result.update(trace=trace_info(replayed, source, start_offset_s, span_s, BANDWIDTH_WINDOW_S),
+                  device_slowdown=device_slowdown, load={
+                      name: schedule and load_info(schedule, start_offset_s, span_s)
+                      for name, schedule in schedules.items()},
+                  load_changes={
+                      name: [] if schedule is None else switches_after_changes(
+                          logs["adaptive"], schedule.changes(start_offset_s,
+                                                             start_offset_s + span_s))
+                      for name, schedule in schedules.items()},
+                  rtt_ms=rtt_ms, threads=threads, bundle={
                       "path": os.fspath(opened.root), "model_id": manifest.model_id,
                       "bundle_id": manifest.bundle_id,
                       "profiles_device_slowdown": manifest.profiles.get("device_slowdown"),
@@ -334,50 +395,6 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     return result
 
 
-def _runtime_result(runs: dict, logs: dict, stats: dict, split_ids: list[str],
-                    local_id: str, edge_id: str) -> dict:
-    static = {vid: runs[vid]["median_latency_ms"] for vid in split_ids}
-    answered = {vid: ms for vid, ms in static.items() if ms is not None}
-    best = min(answered, key=answered.get) if answered else None
-    names = {"adaptive": "adaptive", "best_static": best, "local": local_id, "edge": edge_id}
-
-    def pick(key: str) -> dict:
-        return {name: (runs[vid][key] if vid is not None else None) for name, vid in names.items()}
-
-    median, switch_ms = pick("median_latency_ms"), stats["switch_ms"]
-    fixed_best = min((v for v in (median["best_static"], median["local"], median["edge"])
-                      if v is not None), default=None)
-    adaptive = median["adaptive"]
-    switch_p99 = percentile(switch_ms, 99) or 0.0
-    errors = sum(run["errors"] for run in runs.values())
-    lost = sum(run["lost"] for run in runs.values())
-    skipped = sum(run["skipped"] for run in runs.values())
-    def at_most(a: float | None, b: float | None) -> bool | None:
-        return None if a is None or b is None else a <= b
-
-    return {
-        "format": RUNTIME_FORMAT, "requests": runs["adaptive"]["requests"],
-        "median_latency_ms": median, "p90_latency_ms": pick("p90_latency_ms"),
-        "p99_latency_ms": pick("p99_latency_ms"), "best_static_variant": best,
-        "static_median_latency_ms": static,
-        "static_p90_latency_ms": {vid: runs[vid]["p90_latency_ms"] for vid in split_ids},
-        "switches": stats["switches"], "switch_ms_p99": switch_p99,
-        "switch_ms_max": max(switch_ms, default=0.0), "errors": errors, "lost": lost,
-        "skipped": skipped,
-        "adaptive_variants": runs["adaptive"]["variants"],
-        "targets": {
-            "adaptive_median_le_best_static": at_most(adaptive, median["best_static"]),
-            "adaptive_median_le_edge": at_most(adaptive, median["edge"]),
-            "adaptive_median_le_every_fixed_choice": at_most(adaptive, fixed_best),
-            "switch_ms_p99_le_1": switch_p99 <= 1.0, "no_errors_no_lost": errors == lost == 0,
-            "every_request_issued": skipped == 0},
-        "runs": runs,
-        "log": logs["adaptive"],
-        "fixed_log": {vid: [[r["t_s"], r.get("latency_ms")] for r in records]
-                      for vid, records in logs.items() if vid != "adaptive"},
-    }
-
-
 # -- command line --------------------------------------------------------------------------------
 
 def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -387,7 +404,14 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
         bench_subparsers: The sub-parsers object of ``splitpack bench``.
     """
     runtime = bench_subparsers.add_parser(
-        "runtime", help="replay an uplink trace: adaptive runtime against fixed variants")
+        "runtime", help="replay an uplink trace: adaptive runtime against fixed variants",
+        description="Replay an uplink trace (and optionally device and edge load traces) "
+        "against a real edge process on loopback: the adaptive runtime and every fixed method "
+        "(each split variant, local, edge), interleaved round by round; the oracle is the best "
+        "fixed method of each round. Load trace files have one 'seconds,slowdown' row per line "
+        "(times on the bandwidth trace's clock, slowdowns > 0 as multiples of this host's "
+        "compute; each holds until the next row, the last for ever), e.g. '0,10' then '20,30' "
+        "then '40,10': a device 10x slower whose slowdown triples for 20 s.")
     runtime.add_argument("bundle", help="bundle folder or archive (with samples)")
     runtime.add_argument("--trace", required=True, help="uplink trace (mahimahi or seconds,mbps CSV)")
     runtime.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
@@ -397,7 +421,16 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
     runtime.add_argument("--start-offset", type=float, default=0.0,
                          help="trace time (s) at which each run starts (default 0)")
     runtime.add_argument("--device-slowdown", type=float,
-                         help="device compute x this (default: the bundle's profiles.device_slowdown)")
+                         help="the device is this many times slower than this host: what the "
+                         "adaptive runtime is told, and, without --load-trace, every method's "
+                         "device compute x this (default: the load trace's slowdown at "
+                         "--start-offset, else the bundle's profiles.device_slowdown)")
+    runtime.add_argument("--load-trace", metavar="FILE",
+                         help="device load that changes: 'seconds,slowdown' rows replayed beside "
+                         "the bandwidth trace, on its clock, for every method alike")
+    runtime.add_argument("--edge-load-trace", metavar="FILE",
+                         help="edge load that changes: 'seconds,slowdown' rows; the edge process "
+                         "stretches its tails to them, on the same clock")
     runtime.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                          help=f"threads of every head and tail session (default {DEFAULT_THREADS})")
     runtime.add_argument("--out", required=True, help="runtime JSON to write")
@@ -409,16 +442,21 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
     add_bench_concurrency_command(bench_subparsers)
 
 
-
 def _cmd_bench_runtime(args: argparse.Namespace) -> int:
     result = run_runtime_benchmark(args.bundle, args.trace, requests=args.requests,
                                    interval_s=args.interval, start_offset_s=args.start_offset,
                                    device_slowdown=args.device_slowdown,
+                                   load_trace=args.load_trace,
+                                   edge_load_trace=args.edge_load_trace,
                                    threads=args.threads, out_json=args.out,
                                    out_png=args.plot)
     medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
                         if ms is not None)
-    print(f"median latency ms: {medians} (best static: {result['best_static_variant']}); "
+    ratios = result["adaptive_to_oracle"]
+    vs_oracle = (f"; adaptive/oracle median {ratios['median']:.3g}, p90 {ratios['p90']:.3g}"
+                 if ratios["median"] is not None and ratios["p90"] is not None else "")
+    print(f"median latency ms: {medians} (best static: {result['best_static_variant']}"
+          f"{vs_oracle}); "
           f"{result['switches']} switches, switch_ms p99 {result['switch_ms_p99']:.3g}; "
           f"errors {result['errors']}, lost {result['lost']}"
           f"{', skipped ' + str(result['skipped']) if result['skipped'] else ''} -> {args.out}")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import httpx
@@ -21,7 +22,8 @@ import numpy as np
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import normalize_uint8
 
-__all__ = ["edge_process", "free_port", "host_info", "model_input", "percentile", "MAX_BUSY_RETRIES",
+__all__ = ["EdgeProcess", "edge_server", "edge_process", "free_port", "host_info", "model_input",
+           "percentile", "MAX_BUSY_RETRIES",
            "OCTET_STREAM_HEADERS"]
 
 MAX_BUSY_RETRIES = 3
@@ -33,6 +35,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class EdgeProcess:
+    """A running edge server process: its URL, and the standard input of its load clock."""
+
+    url: str
+    process: subprocess.Popen
+
+    def start_load_clock(self, wall_s: float) -> None:
+        """Start the edge's ``--load-trace`` clock: its trace time is ``--load-start-offset``
+        at ``wall_s`` (a :func:`time.time` reading). Needs ``edge_server(load_trace=...)``."""
+        if self.process.stdin is None:
+            raise InvalidConfigError("start_load_clock: this edge was started without a load "
+                                     "trace; pass load_trace= to edge_server")
+        self.process.stdin.write(f"start {wall_s:.6f}\n".encode())
+        self.process.stdin.flush()
 
 
 @contextmanager
@@ -49,6 +68,28 @@ def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | Non
     Yields:
         The server's base URL, ``http://127.0.0.1:PORT``.
     """
+    with edge_server(bundle_path, max_inflight=max_inflight, threads=threads,
+                     start_timeout_s=start_timeout_s) as edge:
+        yield edge.url
+
+
+@contextmanager
+def edge_server(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
+                threads: int | None = None, load_trace: str | os.PathLike[str] | None = None,
+                load_start_offset_s: float = 0.0,
+                start_timeout_s: float = 60.0) -> Iterator[EdgeProcess]:
+    """:func:`edge_process`, optionally with an edge load trace on a clock the caller starts.
+
+    Args:
+        bundle_path, max_inflight, threads, start_timeout_s: As in :func:`edge_process`.
+        load_trace: The server's ``--load-trace`` (``seconds,slowdown`` rows), its clock on
+            standard input (``--load-clock stdin``): until :meth:`EdgeProcess.start_load_clock`,
+            the slowdown at ``load_start_offset_s`` holds.
+        load_start_offset_s: The server's ``--load-start-offset``.
+
+    Yields:
+        The running process.
+    """
     port = free_port()
     command = [sys.executable, "-m", "splitpack.runtimes.edge", os.fspath(bundle_path),
                "--host", "127.0.0.1", "--port", str(port)]
@@ -56,9 +97,13 @@ def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | Non
         command += ["--max-inflight", str(max_inflight)]
     if threads is not None:
         command += ["--threads", str(threads)]
+    if load_trace is not None:
+        command += ["--load-trace", os.fspath(load_trace), "--load-start-offset",
+                    repr(float(load_start_offset_s)), "--load-clock", "stdin"]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
+                                   stdin=subprocess.PIPE if load_trace is not None else None)
         try:
             deadline = time.monotonic() + start_timeout_s
             while True:
@@ -76,8 +121,10 @@ def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | Non
                     raise InvalidConfigError(f"the edge server did not answer {url}/health "
                                              f"within {start_timeout_s:g} s")
                 time.sleep(0.1)
-            yield url
+            yield EdgeProcess(url, process)
         finally:
+            if process.stdin is not None:
+                process.stdin.close()
             process.terminate()
             try:
                 process.wait(timeout=10)

@@ -19,6 +19,7 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import BACKEND_KINDS
+from splitpack.runtimes.load import LOAD_CLOCKS
 
 __all__ = [
     "SERVE_ENGINES", "add_runtime_commands", "add_serve_arguments", "add_triton_command",
@@ -38,6 +39,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests handled at once; more get 503 (default: 8)")
     parser.add_argument("--threads", type=int,
                         help="threads of each tail's ONNX Runtime session (default: its choice)")
+    parser.add_argument("--load-trace", help="edge load that changes: a file of 'seconds,"
+                        "slowdown' rows; every tail is stretched to the slowdown scheduled when "
+                        "it starts (local engine only)")
+    parser.add_argument("--load-start-offset", type=float, default=0.0,
+                        help="the load trace's time (s) when its clock starts (default 0)")
+    parser.add_argument("--load-clock", choices=LOAD_CLOCKS, default="start",
+                        help="start: the load clock starts once the tails are loaded; stdin: "
+                        "when a line 'start UNIX_SECONDS' arrives on standard input, at that "
+                        "time (default: start)")
 
 
 def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -95,6 +105,10 @@ def add_triton_command(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``splitpack serve``: serve until interrupted (Ctrl-C)."""
     if args.engine == "ray":
+        if args.load_trace is not None:
+            raise InvalidConfigError(f"--load-trace {args.load_trace}: the ray engine runs tails "
+                                     "on its replicas, which cannot stretch them; use --engine "
+                                     "local to emulate edge load, or drop --load-trace")
         from splitpack.runtimes.ray_serve import DEFAULT_REPLICAS, serve_ray
 
         replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
@@ -107,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from splitpack.runtimes.edge import serve
 
     serve(args.bundle, host=args.host, port=args.port, token=args.token,
-          max_inflight=args.max_inflight, threads=args.threads)
+          max_inflight=args.max_inflight, threads=args.threads, load_trace=args.load_trace,
+          load_start_offset_s=args.load_start_offset, load_clock=args.load_clock)
     return 0
 
 

@@ -5,11 +5,17 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
 
 1. picks a variant with :meth:`Selector.select_with_hysteresis` under its current
    :class:`Conditions`: the uplink from a :class:`BandwidthEstimator` fed by its own transfers,
-   ``device_load`` and ``edge_load`` as EWMAs of observed / profiled compute (clamped to >= 1);
-2. runs the head (stretched to ``device_slowdown`` x its measured time, to emulate a slower
-   device), encodes the wire payload (codes bit-packed, or entropy-coded with the variant's
-   tables when its coding is ``entropy`` and that is smaller; an ``edge`` upload in the
-   format its ``upload`` names, JPEG or WebP at the compiled quality, else zlib), pushes it
+   ``device_load`` from each variant's device compute observed against what the same variant
+   took unloaded (learned from its first requests), ``edge_load`` from the tail time the edge
+   reports against its profile, each the median of its last few ratios of the last half second
+   (:class:`~splitpack.runtimes.load.LoadEstimator`, clamped to >= 1): the runtime follows a
+   changing load only from what it measures;
+2. runs the head (stretched to ``device_slowdown`` x its measured time, or to the slowdown an
+   ``emulated_load`` schedules at that moment, to emulate a slower or a busier device), encodes
+   the wire payload (codes bit-packed, or entropy-coded with the variant's tables when its
+   coding is ``entropy`` and that is smaller; an ``edge`` upload in the format its ``upload``
+   names, JPEG or WebP at the compiled quality, else zlib: device compute too, stretched and
+   observed like a head, so that a runtime on ``edge`` still sees its load change), pushes it
    through the emulated ``link`` if one is given, and POSTs it to the edge (see
    :mod:`splitpack.runtimes.edge` for the protocol);
 3. on a timeout, connection error, non-200 answer or malformed response, answers the same
@@ -52,12 +58,12 @@ from splitpack.runtimes.backends import (
     denormalize_to_uint8, encode_request, load_backend, load_entropy_tables, normalize_uint8,
     wire_bundle_id,
 )  # fmt: skip
+from splitpack.runtimes.load import EmulatedLoad, LoadEstimator, constant_load
 from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink
 from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 
-LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
 # The edge variant's uploads (zlib, PNG, JPEG, WebP) and entropy-coded codes have sizes that
 # depend on the content; the manifest states their mean. The bundle's samples give a first size
 # for the edge variant, and the bytes really sent (EWMA, one-sample requests) take the place of
@@ -65,6 +71,8 @@ LOAD_SMOOTHING = 0.2  # EWMA weight of the newest load observation
 PAYLOAD_SMOOTHING = 0.2
 PAYLOAD_TOLERANCE = 0.1
 MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
+# Requests of a variant that set its unloaded reference (see _observe_device_ms).
+REFERENCE_REQUESTS = 3
 MAX_ERRORS_KEPT = 100
 _OCTET_STREAM = "application/octet-stream"
 
@@ -78,8 +86,8 @@ class InferenceResult:
         variant_id: The variant that produced ``output``.
         mode: ``"split"``, ``"edge"`` or ``"local"`` (the kind of that variant).
         latency_ms: Wall time of the whole call.
-        head_ms: Device compute (stretched by ``device_slowdown``); for ``edge``, the time to
-            prepare the raw upload.
+        head_ms: Device compute (stretched by the emulated slowdown); for ``edge``, the time
+            to prepare the raw upload (stretched too).
         transfer_ms: Uplink shaping plus the HTTP exchange, less the edge's compute.
         edge_ms: Tail compute the edge reported.
         fallback: True when the edge was down or failed and ``local`` answered instead.
@@ -129,7 +137,12 @@ class DeviceRuntime:
             answering one request at a time gains little from more than one for a small head.
         token: Bearer token the edge requires, if any.
         link: An emulated uplink; each payload is ``send`` through it before the HTTP request.
-        device_slowdown: Emulate a device this many times slower than the host (stretch heads).
+        device_slowdown: The device is this many times slower than the host: the selector plans
+            with it, and without ``emulated_load`` every head is stretched to it.
+        emulated_load: Stretch device compute to the slowdown this schedules when it starts
+            (a load that changes, :class:`~splitpack.runtimes.load.EmulatedLoad`); default
+            ``device_slowdown`` for ever. The selector is not told: it sees the load only as
+            measured ``device_load``. May be replaced between requests (the benchmark does).
         max_accuracy_drop: Accuracy points a variant may lose against the baseline.
         hysteresis: Fraction by which a new variant must beat the current one to switch.
         timeout_s: HTTP timeout of each request and probe.
@@ -137,7 +150,8 @@ class DeviceRuntime:
             first interval between explorations while ``local`` is preferred (see above).
         rtt_ms: Round trip to the edge assumed by the latency model.
         initial_uplink_mbps: Uplink estimate before the first transfer.
-        clock: Monotonic seconds, for probe scheduling; injectable for tests.
+        clock: Monotonic seconds, for probe scheduling and the age of load observations;
+            injectable for tests.
         transport: An httpx transport to use instead of the network (tests, custom TLS).
     """
 
@@ -145,6 +159,7 @@ class DeviceRuntime:
                  backend: str = "onnxruntime", threads: int | None = None,
                  token: str | None = None,
                  link: ShapedLink | None = None, device_slowdown: float = 1.0,
+                 emulated_load: EmulatedLoad | None = None,
                  max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
                  probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
                  initial_uplink_mbps: float = 5.0, clock: Callable[[], float] = time.monotonic,
@@ -153,6 +168,7 @@ class DeviceRuntime:
             raise InvalidConfigError(f"edge_url: found {edge_url!r}; expected an http:// or "
                                      "https:// URL such as http://127.0.0.1:8000")
         self.device_slowdown = _positive("device_slowdown", device_slowdown)
+        self.emulated_load = emulated_load or EmulatedLoad(constant_load(self.device_slowdown))
         self.timeout_s = _positive("timeout_s", timeout_s)
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s, strict=False)
         self.rtt_ms = _positive("rtt_ms", rtt_ms, strict=False)
@@ -173,6 +189,8 @@ class DeviceRuntime:
         self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
         self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
         self._seed_edge_payload()
+        self.unloaded_ms: dict[str, float] = {}  # per variant: device ms a sample at load 1
+        self._reference_ms: dict[str, list[float]] = {}
         self.constraints = Constraints(self.manifest.baseline_accuracy, max_accuracy_drop)
         self.selector = Selector(list(self.profiles.values()), self.constraints)
         self.link = link
@@ -181,7 +199,7 @@ class DeviceRuntime:
         # many-fold underestimate, and a switch to large payloads would never happen.
         self.estimator = BandwidthEstimator(initial_uplink_mbps, min_seconds=1e-5,
                                             statistic="median")
-        self.device_load = self.edge_load = 1.0
+        self.device_loads, self.edge_loads = LoadEstimator(clock=clock), LoadEstimator(clock=clock)
         self._clock = clock
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=edge_url, timeout=timeout_s, headers=headers,
@@ -205,12 +223,16 @@ class DeviceRuntime:
                           device_slowdown=self.device_slowdown, device_load=self.device_load,
                           edge_load=self.edge_load)
 
-    @staticmethod
-    def _smooth(previous: float, observed_ms: float, profiled_ms: float, factor: float) -> float:
-        if profiled_ms <= 0 or not math.isfinite(observed_ms):
-            return previous
-        load = max(1.0, observed_ms / (profiled_ms * factor))
-        return (1.0 - LOAD_SMOOTHING) * previous + LOAD_SMOOTHING * load
+    @property
+    def device_load(self) -> float:
+        """Measured device compute over each variant's reference ``unloaded_ms`` (>= 1,
+        recent median)."""
+        return self.device_loads.estimate()
+
+    @property
+    def edge_load(self) -> float:
+        """Tail compute the edge reports over profiled (>= 1, recent median)."""
+        return self.edge_loads.estimate()
 
     # -- choosing ------------------------------------------------------------------------------
 
@@ -283,27 +305,49 @@ class DeviceRuntime:
             return normalize_uint8(batch, self.manifest.preprocessing)
         return batch
 
+    def _device_compute(self, variant_id: str, compute: Callable[[], object],
+                        batch_size: int) -> tuple[object, float]:
+        """Run device compute stretched by the emulated load; observe the load it met."""
+        output, seconds = self.emulated_load.stretch(compute)
+        self._observe_device_ms(variant_id, seconds * 1e3 / batch_size)
+        return output, seconds * 1e3
+
+    def _observe_device_ms(self, variant_id: str, sample_ms: float) -> None:
+        """Device load = a variant's device compute over its unloaded reference, itself its
+        first REFERENCE_REQUESTS observations, each divided by the load known then (1 at
+        start: the device is assumed to run at its usual load when the runtime starts).
+
+        Observed against the profiles instead, on a 2-core host, the load of a split variant
+        whose head computes in 13 us came out about 5 and that of ``local`` about 2.5 on the same
+        device at once (per-call overhead and cold caches between sporadic requests, which a
+        compile-time profile of a session run in a loop does not see): each switch between
+        them looked like a change of load, and a load that tripled did not move the runtime.
+        Timed at start-up in a loop, the split heads' reference was 9 times too small."""
+        reference = self.unloaded_ms.get(variant_id)
+        if reference is not None:
+            self.device_loads.observe(sample_ms, reference)
+            return
+        seen = self._reference_ms.setdefault(variant_id, [])
+        seen.append(sample_ms / self.device_loads.latest())
+        if len(seen) >= REFERENCE_REQUESTS:
+            self.unloaded_ms[variant_id] = float(np.median(seen))
+            del self._reference_ms[variant_id]
+
     def _run_head(self, variant_id: str, model_input: np.ndarray) -> tuple[np.ndarray, float]:
-        started = time.perf_counter()
-        output = self.heads[variant_id].run(model_input)
-        measured = time.perf_counter() - started
-        if self.device_slowdown > 1.0:
-            time.sleep(measured * (self.device_slowdown - 1.0))
-        head_ms = (time.perf_counter() - started) * 1e3
-        profile = self.profiles[variant_id]
-        self.device_load = self._smooth(self.device_load, head_ms / len(model_input),
-                                        profile.head_ms + profile.encode_ms, self.device_slowdown)
-        return output, head_ms
+        return self._device_compute(variant_id, lambda: self.heads[variant_id].run(model_input),
+                                    len(model_input))
+
+    def _upload(self, variant, batch: np.ndarray) -> bytes:
+        raw = batch if batch.dtype == np.uint8 else denormalize_to_uint8(
+            batch, self.manifest.preprocessing)
+        # Raw pixels stay uint8, lossless or in the compiled lossy format: never float32.
+        return encode_request(variant, raw, wire_bundle_id=self.wire_bundle_id)
 
     def _payload(self, variant_id: str, batch: np.ndarray) -> tuple[bytes, float]:
         variant = self.variants[variant_id]
         if variant.kind == "edge":
-            started = time.perf_counter()
-            raw = batch if batch.dtype == np.uint8 else denormalize_to_uint8(
-                batch, self.manifest.preprocessing)
-            # Raw pixels stay uint8, lossless or in the compiled lossy format: never float32.
-            payload = encode_request(variant, raw, wire_bundle_id=self.wire_bundle_id)
-            return payload, (time.perf_counter() - started) * 1e3
+            return self._device_compute(variant_id, lambda: self._upload(variant, batch),
+                                        len(batch))
         codes, head_ms = self._run_head(variant_id, self._model_input(batch))
         payload = encode_request(variant, codes, wire_bundle_id=self.wire_bundle_id,
                                  tables=self.tables.get(variant_id))
@@ -349,8 +393,7 @@ class DeviceRuntime:
         if batch_size == 1 and self._note_payload(variant_id, len(payload)):
             self.selector = Selector(list(self.profiles.values()), self.constraints)
         profile = self.profiles[variant_id]
-        self.edge_load = self._smooth(self.edge_load, edge_ms / batch_size,
-                                      profile.decode_ms + profile.tail_ms, 1.0)
+        self.edge_loads.observe(edge_ms / batch_size, profile.decode_ms + profile.tail_ms)
         return output, max(0.0, (link_s + http_s) * 1e3 - edge_ms), edge_ms
 
     def _seed_edge_payload(self) -> None:
@@ -365,7 +408,8 @@ class DeviceRuntime:
         inputs, _ = read_samples(self.bundle)
         if inputs.dtype != np.uint8:
             return  # not pixels: the uncompressed size stands
-        sizes = [len(self._payload(edge_id, inputs[i:i + 1])[0]) for i in range(len(inputs))]
+        edge = self.variants[edge_id]  # sizes only: neither stretched nor observed as load
+        sizes = [len(self._upload(edge, inputs[i:i + 1])) for i in range(len(inputs))]
         if sizes:
             self._note_payload(edge_id, round(sum(sizes) / len(sizes)))
 

@@ -19,7 +19,8 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
   ``X-Splitpack-Tail-Ms`` (tail compute) and ``X-Splitpack-Queue`` (requests in flight).
   500: the tail failed on a valid input (a bug; the reason says where).
 * ``GET /health`` — ``{"status": "ok", "wire_bundle_id": ...}``; never needs the token.
-* ``GET /metadata`` — bundle ids, provider, limits, queue depth, and per served variant its
+* ``GET /metadata`` — bundle ids, provider, limits, queue depth, the emulated load (``load``:
+  its trace file, trace time and slowdown now; null without one), and per served variant its
   expected input and its profiled and measured (median) tail ms.
 * ``GET /metrics`` — Prometheus text: requests by variant and status, tail and request
   seconds (sum, count), requests in flight.
@@ -32,8 +33,17 @@ missing, corrupted or mismatched tables file stops the edge there, naming the fi
 The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
 :class:`EdgeServer` and a Starlette request: :func:`create_app` routes to them, and so does the
 Ray Serve ingress (:mod:`splitpack.runtimes.ray_serve`), which passes its own ``run_tail`` so
-that tails run on its replicas. Imports fastapi, uvicorn, numpy, onnxruntime, constriction,
-Pillow and the standard library; never torch, onnx or the compiler.
+that tails run on its replicas.
+
+Edge load that changes: ``--load-trace FILE`` (``seconds,slowdown`` rows, see
+:mod:`splitpack.runtimes.load`) stretches every tail to the slowdown scheduled when it starts
+(``X-Splitpack-Tail-Ms`` reports the stretched time); trace time is ``--load-start-offset``
+when the server starts, or, with ``--load-clock stdin``, at the wall-clock time a line
+``start UNIX_SECONDS`` names on its standard input (how ``bench runtime`` puts the edge on its
+own clock). Only this engine can: tails that run elsewhere (Ray Serve) refuse a load.
+
+Imports fastapi, uvicorn, numpy, onnxruntime, constriction, Pillow and the standard library;
+never torch, onnx or the compiler.
 """
 
 from __future__ import annotations
@@ -59,6 +69,9 @@ from splitpack.runtimes.backends import (
     wire_bundle_id,
 )  # fmt: skip
 from splitpack.runtimes.entropy import EntropyTables
+from splitpack.runtimes.load import (
+    LOAD_CLOCKS, EmulatedLoad, follow_clock_lines, read_load_trace,
+)  # fmt: skip
 from splitpack.runtimes.metrics import EdgeMetrics
 from splitpack.runtimes.wire import (
     HEADER_MAX_BYTES, Payload, data_length_bound, decode_data, encode_payload, read_payload,
@@ -101,16 +114,25 @@ class EdgeServer:
         load_tails: False for a front that only checks and counts requests and has their
             tails run elsewhere (the Ray Serve ingress); its ``provider`` is then
             ``"remote"`` until the owner sets it.
+        emulated_load: Stretch every tail to the slowdown this schedules when it starts
+            (:class:`~splitpack.runtimes.load.EmulatedLoad`); None for the host's speed.
+            Only with ``load_tails``: tails run elsewhere cannot be stretched here.
     """
 
     def __init__(self, bundle: Bundle, *, token: str | None = None, max_inflight: int = 8,
                  max_batch: int = DEFAULT_MAX_BATCH, providers: list[str] | None = None,
-                 threads: int | None = None, load_tails: bool = True) -> None:
+                 threads: int | None = None, load_tails: bool = True,
+                 emulated_load: EmulatedLoad | None = None) -> None:
         for name, value in (("max_inflight", max_inflight), ("max_batch", max_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidConfigError(f"{name}: found {value!r}; expected an int >= 1")
         if token is not None and (not isinstance(token, str) or not token):
             raise InvalidConfigError("token: expected a non-empty string or None")
+        if emulated_load is not None and not load_tails:
+            raise InvalidConfigError("emulated_load: this edge runs no tails of its own (they "
+                                     "run elsewhere, e.g. on Ray Serve replicas), so it cannot "
+                                     "stretch them; serve with the local engine to emulate load")
+        self.emulated_load = emulated_load
         self.bundle, self.manifest = bundle, bundle.manifest
         self.wire_bundle_id = wire_bundle_id(self.manifest)
         self.token, self.max_inflight, self.max_batch = token, max_inflight, max_batch
@@ -250,8 +272,12 @@ class EdgeServer:
         """
         if self.variants[variant_id].kind == "edge":
             array = normalize_uint8(array, self.manifest.preprocessing)
+        tail = self.tails[variant_id]
+        if self.emulated_load is not None:
+            output, seconds = self.emulated_load.stretch(lambda: tail.run(array))
+            return np.asarray(output, dtype=np.float32), seconds * 1e3
         started = time.perf_counter()
-        output = self.tails[variant_id].run(array)
+        output = tail.run(array)
         elapsed_ms = (time.perf_counter() - started) * 1e3
         return np.asarray(output, dtype=np.float32), elapsed_ms
 
@@ -280,7 +306,14 @@ class EdgeServer:
                 "model_id": self.manifest.model_id, "provider": self.provider,
                 "queue": self.inflight, "max_inflight": self.max_inflight,
                 "max_batch": self.max_batch, "max_body_bytes": self.max_body_bytes,
-                "variants": variants}
+                "load": self._load_now(), "variants": variants}
+
+    def _load_now(self) -> dict | None:
+        load = self.emulated_load
+        if load is None:
+            return None
+        return {"path": load.schedule.source, "trace_s": load.trace_time(),
+                "slowdown": load.slowdown_now()}
 
     def metrics_text(self) -> str:
         """The ``/metrics`` page in the Prometheus text exposition format (0.0.4)."""
@@ -404,7 +437,8 @@ async def handle_request(server: EdgeServer, request: Request,
 
 def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | None = None,
                max_inflight: int = 8, max_batch: int = DEFAULT_MAX_BATCH,
-               providers: list[str] | None = None, threads: int | None = None) -> FastAPI:
+               providers: list[str] | None = None, threads: int | None = None,
+               emulated_load: EmulatedLoad | None = None) -> FastAPI:
     """Build the edge's FastAPI app; every tail of the bundle is loaded before it returns.
 
     Args:
@@ -413,13 +447,14 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
         max_inflight: Requests handled at once; more get 503 with ``Retry-After``.
         max_batch: Largest batch one payload may carry.
         providers, threads: ONNX Runtime settings (default CUDA when available, else CPU).
+        emulated_load: Stretch every tail to the slowdown it schedules (default: none).
 
     Returns:
         The app; its :class:`EdgeServer` is ``app.state.edge``.
     """
     bundle = bundle_path if isinstance(bundle_path, Bundle) else read_bundle(bundle_path)
     server = EdgeServer(bundle, token=token, max_inflight=max_inflight, max_batch=max_batch,
-                        providers=providers, threads=threads)
+                        providers=providers, threads=threads, emulated_load=emulated_load)
     app = FastAPI(title="splitpack edge", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.edge = server
 
@@ -444,28 +479,50 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
 
 def serve(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, max_inflight: int = 8,
-          max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None) -> None:
+          max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None,
+          load_trace: str | os.PathLike[str] | None = None, load_start_offset_s: float = 0.0,
+          load_clock: str = "start") -> None:
     """Serve a bundle with uvicorn until interrupted (binds loopback unless told otherwise).
 
     Args:
         bundle_path: A bundle folder or archive, or a :class:`Bundle`.
         host, port: Where to listen.
         token, max_inflight, max_batch, threads: As in :func:`create_app`.
+        load_trace: A ``seconds,slowdown`` file: stretch every tail to its schedule.
+        load_start_offset_s: The load trace's time when its clock starts.
+        load_clock: ``"start"``: the clock starts once the tails are loaded; ``"stdin"``: at
+            the time a ``start UNIX_SECONDS`` line on standard input names (see above).
     """
     import uvicorn
 
+    if load_clock not in LOAD_CLOCKS:
+        raise InvalidConfigError(f"load_clock: found {load_clock!r}; expected one of "
+                                 f"{', '.join(LOAD_CLOCKS)}")
+    load = None if load_trace is None else EmulatedLoad(
+        read_load_trace(load_trace), start_offset_s=load_start_offset_s, started=False)
     app = create_app(bundle_path, token=token, max_inflight=max_inflight, max_batch=max_batch,
-                     threads=threads)
+                     threads=threads, emulated_load=load)
     server: EdgeServer = app.state.edge
+    if load is not None and load_clock == "stdin":
+        follow_clock_lines(sys.stdin, load, on_error=_exit_on_bad_clock_line)
+    elif load is not None:
+        load.start()
     print(f"splitpack edge: serving {server.manifest.model_id!r} (bundle "
           f"{server.wire_bundle_id}, {len(server.tails)} tails on {server.provider}) at "
           f"http://{host}:{port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
+def _exit_on_bad_clock_line(message: str) -> None:
+    # The clock thread cannot raise into uvicorn; an edge on the wrong clock must not serve.
+    print(f"splitpack edge: error: {message}", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m splitpack.runtimes.edge BUNDLE [--host H] [--port P] [--token T]
-    [--max-inflight N] [--threads N]``; returns the exit status."""
+    [--max-inflight N] [--threads N] [--load-trace FILE [--load-start-offset S]
+    [--load-clock start|stdin]]``; returns the exit status."""
     from splitpack.runtimes.commands import add_serve_arguments
 
     parser = argparse.ArgumentParser(prog="python -m splitpack.runtimes.edge",
@@ -474,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve(args.bundle, host=args.host, port=args.port, token=args.token,
-              max_inflight=args.max_inflight, threads=args.threads)
+              max_inflight=args.max_inflight, threads=args.threads, load_trace=args.load_trace,
+              load_start_offset_s=args.load_start_offset, load_clock=args.load_clock)
     except SplitpackError as exc:
         print(f"splitpack: error: {exc}", file=sys.stderr)
         return 2

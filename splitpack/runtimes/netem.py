@@ -1,6 +1,8 @@
 """Link emulation: replay a bandwidth trace on the device-to-edge uplink, and estimate it.
 
-Runs on devices, so it imports numpy and the standard library only.
+Runs on devices, so it imports numpy and the standard library only. Compute load that changes
+over time (device or edge slowdown schedules, ``seconds,slowdown`` files) is in
+:mod:`splitpack.runtimes.load`.
 
 A :class:`BandwidthTrace` is a piecewise-constant capacity: segment ``i`` spans
 ``[edges_s[i], edges_s[i+1])`` and carries ``segment_bytes[i]`` bytes spread evenly over it.

@@ -23,9 +23,11 @@ from splitpack.runtimes.backends import normalize_uint8
 from splitpack.runtimes.bench_support import free_port
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
+from splitpack.runtimes.load import LoadSchedule
 from splitpack.runtimes.netem import ShapedLink, constant_trace
 from splitpack.runtimes.wire import decode_payload
 from tests.runtimes.conftest import follow_uplink
+from tests.runtimes.test_load import FakeTime
 
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-4
@@ -399,3 +401,35 @@ def test_codes_that_entropy_coding_would_inflate_go_bit_packed(entropy_bundle_pa
         assert (result.mode, result.fallback) == ("split", False)
         _check(result, expected, 0)
         assert read_payload(edge.bodies[-1]).compression == "none"
+
+
+# -- a device load that changes ---------------------------------------------------------------
+
+def test_the_runtime_follows_a_device_load_from_what_it_measures(bundle, app, samples) -> None:
+    """The device slowdown triples from 10 s to 30 s of a schedule the runtime is not told
+    (fake time, one request every 100 ms, a fast uplink): its measured device load (against
+    the compute it timed at start-up) moves it from its split variant to ``edge`` within 1 s of
+    the change, where it stays, and back within 1 s after the load ends."""
+    inputs, _ = samples
+    edge, time = FlakyEdge(app), FakeTime()
+    load = time.load(LoadSchedule((0.0, 10.0, 30.0), (2.0, 6.0, 2.0)))
+    link = ShapedLink(constant_trace(HIGH_MBPS), clock=time.clock, sleep=lambda seconds: None)
+    selected = []
+    with _runtime(bundle, edge, time.clock, device_slowdown=2.0, emulated_load=load,
+                  link=link) as runtime:
+        for number in range(400):
+            time.now = 100.0 + number * 0.1
+            runtime.infer(inputs[number % len(inputs)])
+            selected.append((round(number * 0.1, 1), runtime.current_variant,
+                             runtime.device_load))
+    before = {variant for t, variant, _ in selected if t < 10.0}
+    assert len(before) == 1 and before != {"edge"}
+    assert all(load == pytest.approx(1.0) for t, _, load in selected if t < 10.0)
+    (usual,) = before
+    switched = next(t for t, variant, _ in selected if t >= 10.0 and variant != usual)
+    assert switched < 11.0
+    assert {variant for t, variant, _ in selected if switched <= t < 30.0} == {"edge"}
+    assert all(load == pytest.approx(3.0) for t, _, load in selected if switched <= t < 30.0)
+    back = next(t for t, variant, _ in selected if t >= 30.0 and variant == usual)
+    assert back < 31.0
+    assert {variant for t, variant, _ in selected if t >= back} == {usual}

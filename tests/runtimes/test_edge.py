@@ -7,6 +7,7 @@ import asyncio
 import re
 import struct
 import threading
+import time as wall_time
 
 import httpx
 import numpy as np
@@ -19,8 +20,11 @@ from splitpack.errors import InvalidConfigError
 from splitpack.packaging import read_samples
 from splitpack.runtimes import commands
 from splitpack.runtimes.backends import load_backend, normalize_uint8
-from splitpack.runtimes.edge import EdgeServer, create_app
+from splitpack.runtimes.bench_support import edge_server
+from splitpack.runtimes.edge import EdgeServer, create_app, serve
+from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.wire import decode_payload, encode_payload
+from tests.runtimes.test_load import FakeTime
 
 TOKEN = "s3cret"
 AUTH = {"authorization": f"Bearer {TOKEN}", "content-type": "application/octet-stream"}
@@ -267,6 +271,8 @@ def test_server_settings_are_checked(bundle) -> None:
         EdgeServer(bundle, max_inflight=0)
     with pytest.raises(InvalidConfigError, match="token"):
         EdgeServer(bundle, token="")
+    with pytest.raises(InvalidConfigError, match="emulated_load: this edge runs no tails"):
+        EdgeServer(bundle, load_tails=False, emulated_load=EmulatedLoad(constant_load(2.0)))
 
 
 def test_serve_command_passes_its_options(bundle_path, monkeypatch) -> None:
@@ -277,7 +283,65 @@ def test_serve_command_passes_its_options(bundle_path, monkeypatch) -> None:
     args = parser.parse_args(["serve", str(bundle_path), "--port", "9", "--max-inflight", "2",
                               "--token", "t", "--threads", "1"])
     assert args.handler(args) == 0
-    assert seen == {"host": "127.0.0.1", "port": 9, "token": "t", "max_inflight": 2, "threads": 1}
+    assert seen == {"host": "127.0.0.1", "port": 9, "token": "t", "max_inflight": 2, "threads": 1,
+                    "load_trace": None, "load_start_offset_s": 0.0, "load_clock": "start"}
+    args = parser.parse_args(["serve", str(bundle_path), "--load-trace", "edge.csv",
+                              "--load-start-offset", "5", "--load-clock", "stdin"])
+    assert args.handler(args) == 0
+    assert (seen["load_trace"], seen["load_start_offset_s"], seen["load_clock"]) == (
+        "edge.csv", 5.0, "stdin")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--engine", "ray", "--load-trace", "edge.csv"],
+     r"--load-trace edge\.csv: the ray engine runs tails on its replicas, which cannot stretch "
+     r"them; use --engine local"),
+])  # fmt: skip
+def test_serve_refuses_a_load_its_engine_cannot_apply(bundle_path, argv, match) -> None:
+    parser = argparse.ArgumentParser()
+    commands.add_runtime_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", str(bundle_path), *argv])
+    with pytest.raises(InvalidConfigError, match=match):
+        args.handler(args)
+
+
+def test_serve_refuses_a_bad_load_clock(bundle) -> None:
+    with pytest.raises(InvalidConfigError, match="load_clock: found 'later'; expected one of "
+                       "start, stdin"):
+        serve(bundle, load_trace="edge.csv", load_clock="later")
+
+
+def test_the_edge_stretches_its_tails_to_its_load_schedule(bundle) -> None:
+    """Each tail is stretched to the slowdown scheduled when it starts (fake time: 1 ms of
+    compute sleeps 1 ms more at 2x, 5 ms more at 6x), and /metadata tells the load now."""
+    inputs, expected = read_samples(bundle)
+    time = FakeTime()
+    load = time.load(LoadSchedule((0.0, 10.0, 30.0), (2.0, 6.0, 2.0)))
+    server = EdgeServer(bundle, emulated_load=load)
+    for elapsed in (5.0, 15.0, 35.0):
+        time.now = 100.0 + elapsed
+        output, _ = server.run_tail("edge", inputs[:1])
+        np.testing.assert_allclose(output, expected["edge"][:1], atol=1e-4)
+    assert time.sleeps == pytest.approx([0.001, 0.005, 0.001])
+    assert server.metadata()["load"] == {"path": "<memory>", "trace_s": 35.0, "slowdown": 2.0}
+    assert EdgeServer(bundle).metadata()["load"] is None
+
+
+def test_an_edge_process_follows_the_load_clock_it_is_given(bundle_path, tmp_path) -> None:
+    """The benchmark's way: the edge's load clock starts from its standard input, at the
+    writer's wall-clock time (here 20 s ago, so its trace time is about 20 s)."""
+    trace = tmp_path / "edge_load.csv"
+    trace.write_text("seconds,slowdown\n0,1\n10,3\n100000,1\n")
+    with edge_server(bundle_path, threads=1, load_trace=trace) as edge:
+        before = httpx.get(f"{edge.url}/metadata").json()["load"]
+        edge.start_load_clock(wall_time.time() - 20.0)
+        for _ in range(100):  # the line is read by another thread of the edge
+            after = httpx.get(f"{edge.url}/metadata").json()["load"]
+            if after["trace_s"] is not None:
+                break
+            wall_time.sleep(0.05)
+    assert before == {"path": str(trace), "trace_s": None, "slowdown": 1.0}
+    assert after["slowdown"] == 3.0 and 20.0 <= after["trace_s"] < 100000
 
 
 # -- entropy-coded codes and image uploads ------------------------------------------------------
