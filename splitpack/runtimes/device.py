@@ -4,7 +4,9 @@ Every head (each split variant's, and the ``local`` variant's whole model) is lo
 runtime is built, so switching variant is a dict lookup. Per request the runtime:
 
 1. picks a variant with :meth:`Selector.select_with_hysteresis` under its current
-   :class:`Conditions`: the uplink from a :class:`BandwidthEstimator` fed by its own transfers,
+   :class:`Conditions`: the uplink from a :class:`~splitpack.runtimes.transfer.TransferEstimator`
+   fed by its own transfers (a per-message delay, added to ``rtt_ms``, and a rate: on a
+   cellular link a small message mostly waits for a transmission opportunity),
    ``device_load`` from each variant's device compute observed against what the same variant
    took unloaded (learned from its first requests), ``edge_load`` from the tail time the edge
    reports against its profile, each the median of its last few ratios of the last half second
@@ -33,6 +35,17 @@ after each exploration that leaves ``local`` preferred, up to ``MAX_EXPLORE_BACK
 Each exploration is a request answered late when the edge is the worse choice, so a link that
 stays bad is explored less and less often (but never less than once per 8 intervals).
 
+Every remote request over an emulated ``link`` has a deadline (``deadline_factor``): when its
+upload has waited as long as answering locally would take (the ``local`` variant's planned
+latency under the current conditions), the runtime stops waiting, answers the
+request locally (``stats["deadline_misses"]``, not a fallback: the edge is not down) and
+answers locally for ``probe_interval_s``, after which the selector decides again. A request
+sent into an outage, an exploration included, so costs at most about twice the local latency
+instead of the outage (up to seconds on the cellular traces); the wait goes to the estimator
+as a sample (a lower bound of the transfer time). The bytes stay on the link, as a real
+sender's would. Without an emulated link the upload is inside the HTTP exchange, which only
+``timeout_s`` bounds.
+
 Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, constriction,
 Pillow, standard library.
 """
@@ -59,7 +72,8 @@ from splitpack.runtimes.backends import (
     wire_bundle_id,
 )  # fmt: skip
 from splitpack.runtimes.load import EmulatedLoad, LoadEstimator, constant_load
-from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink
+from splitpack.runtimes.netem import ShapedLink
+from splitpack.runtimes.transfer import TransferEstimator
 from splitpack.runtimes.wire import decode_payload
 
 __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
@@ -87,8 +101,10 @@ class InferenceResult:
         mode: ``"split"``, ``"edge"`` or ``"local"`` (the kind of that variant).
         latency_ms: Wall time of the whole call.
         head_ms: Device compute (stretched by the emulated slowdown); for ``edge``, the time
-            to prepare the raw upload (stretched too).
-        transfer_ms: Uplink shaping plus the HTTP exchange, less the edge's compute.
+            to prepare the raw upload (stretched too); after a missed deadline, the remote
+            variant's and the local one's.
+        transfer_ms: Uplink shaping plus the HTTP exchange, less the edge's compute; after a
+            missed deadline, the time the upload waited.
         edge_ms: Tail compute the edge reported.
         fallback: True when the edge was down or failed and ``local`` answered instead.
     """
@@ -105,6 +121,14 @@ class InferenceResult:
 
 class _EdgeFailure(Exception):
     """The edge did not answer this request usefully; ``reason`` says how."""
+
+
+class _DeadlineMissed(Exception):
+    """The upload had not gone out by the request's deadline, after ``seconds`` of waiting."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"upload still waiting after {seconds * 1e3:.3g} ms")
+        self.seconds = seconds
 
 
 def profile_of(variant) -> VariantProfile:
@@ -148,10 +172,13 @@ class DeviceRuntime:
         timeout_s: HTTP timeout of each request and probe.
         probe_interval_s: Least time between health probes while the edge is down, and the
             first interval between explorations while ``local`` is preferred (see above).
-        rtt_ms: Round trip to the edge assumed by the latency model.
-        initial_uplink_mbps: Uplink estimate before the first transfer.
-        clock: Monotonic seconds, for probe scheduling and the age of load observations;
-            injectable for tests.
+        rtt_ms: Round trip to the edge assumed by the latency model (the HTTP exchange); the
+            uplink's per-message delay, learned from the transfers, comes on top.
+        initial_uplink_mbps: Uplink rate assumed until the transfers' sizes identify it.
+        deadline_factor: Each upload over ``link`` is given up after this many times the
+            local answer's time (> 0; see above); None: wait for every upload.
+        clock: Monotonic seconds, for probe scheduling and the age of load and transfer
+            observations; injectable for tests.
         transport: An httpx transport to use instead of the network (tests, custom TLS).
     """
 
@@ -162,7 +189,8 @@ class DeviceRuntime:
                  emulated_load: EmulatedLoad | None = None,
                  max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
                  probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
-                 initial_uplink_mbps: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 initial_uplink_mbps: float = 5.0, deadline_factor: float | None = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
                  transport: httpx.BaseTransport | None = None) -> None:
         if not isinstance(edge_url, str) or not edge_url.startswith(("http://", "https://")):
             raise InvalidConfigError(f"edge_url: found {edge_url!r}; expected an http:// or "
@@ -172,6 +200,8 @@ class DeviceRuntime:
         self.timeout_s = _positive("timeout_s", timeout_s)
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s, strict=False)
         self.rtt_ms = _positive("rtt_ms", rtt_ms, strict=False)
+        self.deadline_factor = (None if deadline_factor is None
+                                else _positive("deadline_factor", deadline_factor))
         if not (isinstance(hysteresis, (int, float)) and 0.0 <= hysteresis < 1.0):
             raise InvalidConfigError(f"hysteresis: found {hysteresis!r}; expected a fraction "
                                      "in [0, 1)")
@@ -194,11 +224,8 @@ class DeviceRuntime:
         self.constraints = Constraints(self.manifest.baseline_accuracy, max_accuracy_drop)
         self.selector = Selector(list(self.profiles.values()), self.constraints)
         self.link = link
-        # A small floor: an emulated link reports its exact delay (tens of microseconds for a
-        # small payload on a fast link), which the default 1 ms floor would turn into a
-        # many-fold underestimate, and a switch to large payloads would never happen.
-        self.estimator = BandwidthEstimator(initial_uplink_mbps, min_seconds=1e-5,
-                                            statistic="median")
+        self.estimator = TransferEstimator(_positive("initial_uplink_mbps", initial_uplink_mbps),
+                                           clock=clock)
         self.device_loads, self.edge_loads = LoadEstimator(clock=clock), LoadEstimator(clock=clock)
         self._clock = clock
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -206,6 +233,7 @@ class DeviceRuntime:
                                     transport=transport)
         self.edge_up = True
         self._last_probe = self._last_sample = clock()
+        self._stalled_until = -math.inf  # after a missed deadline: answer locally until then
         self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.current_variant = self.selector.select(self.conditions()).id
         self._in_use: str | None = None
@@ -213,13 +241,14 @@ class DeviceRuntime:
         self._lock = threading.Lock()
         self.stats: dict = {"requests": 0, "switches": 0, "switch_ms": [], "fallbacks": 0,
                             "errors": [], "probes": 0, "probe_failures": 0, "explorations": 0,
-                            "variants": Counter(), "modes": Counter()}
+                            "deadline_misses": 0, "variants": Counter(), "modes": Counter()}
 
     # -- conditions ---------------------------------------------------------------------------
 
     def conditions(self) -> Conditions:
         """The conditions the selector sees now."""
-        return Conditions(uplink_mbps=self.estimator.estimate_mbps(), rtt_ms=self.rtt_ms,
+        fit = self.estimator.fit()
+        return Conditions(uplink_mbps=fit.mbps, rtt_ms=self.rtt_ms + fit.delay_ms,
                           device_slowdown=self.device_slowdown, device_load=self.device_load,
                           edge_load=self.edge_load)
 
@@ -259,6 +288,8 @@ class DeviceRuntime:
             if not self._probe():
                 return self.local_id, True
             self.edge_up = True
+        if now < self._stalled_until:
+            return self.local_id, False
         conditions = self.conditions()
         plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
                                                     self.hysteresis)
@@ -353,9 +384,33 @@ class DeviceRuntime:
                                  tables=self.tables.get(variant_id))
         return payload, head_ms
 
-    def _exchange(self, variant_id: str, payload: bytes, batch_size: int) -> tuple:
-        """Send one payload; returns (output, transfer_ms, edge_ms) or raises _EdgeFailure."""
-        link_s = self.link.send(len(payload)) if self.link is not None else 0.0
+    def _deadline_s(self, batch_size: int) -> float | None:
+        """How long an upload may wait: ``deadline_factor`` x the planned local answer (the
+        selector's own figure, so that the deadline never contradicts its choice)."""
+        if self.link is None or self.deadline_factor is None:
+            return None
+        local_ms = plan_latency_ms(self.profiles[self.local_id], self.conditions())
+        return self.deadline_factor * batch_size * local_ms / 1e3
+
+    def _send(self, payload: bytes, deadline_s: float | None) -> float:
+        """Push the payload through the emulated link (if any); its seconds there, or
+        _DeadlineMissed (the wait is then a sample: the transfer took at least as long)."""
+        if self.link is None:
+            return 0.0
+        if deadline_s is None:
+            return self.link.send(len(payload))
+        waited, delivered = self.link.send_within(len(payload), deadline_s)
+        if not delivered:
+            self.estimator.observe(len(payload), waited)
+            self._last_sample = self._clock()
+            raise _DeadlineMissed(waited)
+        return waited
+
+    def _exchange(self, variant_id: str, payload: bytes, batch_size: int,
+                  deadline_s: float | None) -> tuple:
+        """Send one payload; returns (output, transfer_ms, edge_ms) or raises _EdgeFailure
+        or _DeadlineMissed."""
+        link_s = self._send(payload, deadline_s)
         started = time.perf_counter()
         try:
             response = self._client.post("/v1/infer", content=payload,
@@ -451,17 +506,24 @@ class DeviceRuntime:
             batch, single = self._as_batch(x)
             variant_id, fallback = self._choose()
             self._switch_to(variant_id, decided=time.perf_counter())
-            transfer_ms = edge_ms = 0.0
+            transfer_ms = edge_ms = spent_ms = 0.0
             if variant_id != self.local_id:
                 try:
                     payload, head_ms = self._payload(variant_id, batch)
-                    output, transfer_ms, edge_ms = self._exchange(variant_id, payload, len(batch))
+                    output, transfer_ms, edge_ms = self._exchange(
+                        variant_id, payload, len(batch), self._deadline_s(len(batch)))
                 except _EdgeFailure as failure:
                     self._mark_down(f"variant {variant_id}: {failure}")
                     variant_id, fallback, transfer_ms, edge_ms = self.local_id, True, 0.0, 0.0
                     self._switch_to(variant_id, decided=time.perf_counter())
+                except _DeadlineMissed as missed:
+                    self.stats["deadline_misses"] += 1
+                    self._stalled_until = self._clock() + self.probe_interval_s
+                    variant_id, spent_ms, transfer_ms = self.local_id, head_ms, missed.seconds * 1e3
+                    self._switch_to(variant_id, decided=time.perf_counter())
             if variant_id == self.local_id:
                 output, head_ms = self._run_head(variant_id, self._model_input(batch))
+                head_ms += spent_ms
             mode = self.variants[variant_id].kind
             self.stats["requests"] += 1
             self.stats["variants"][variant_id] += 1

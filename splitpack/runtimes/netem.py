@@ -359,6 +359,25 @@ class ShapedLink:
             self._sleep(delay)  # outside the lock, so that later sends can queue meanwhile
         return delay
 
+    def send_within(self, nbytes: float, timeout_s: float) -> tuple[float, bool]:
+        """As :meth:`send`, but stop waiting after ``timeout_s`` (>= 0) seconds.
+
+        The bytes stay queued either way (a sender cannot take back what it handed to the
+        link): a later send waits behind them.
+
+        Returns:
+            The seconds waited and whether the bytes had gone out by then.
+        """
+        nbytes, timeout_s = _number(nbytes, "nbytes"), _number(timeout_s, "timeout_s")
+        with self._lock:
+            now = self._now()
+            self._busy_until = self._finish(nbytes, now)
+            delay = self._busy_until - now
+        waited = min(delay, timeout_s)
+        if waited > 0:
+            self._sleep(waited)
+        return waited, delay <= timeout_s
+
     def current_mbps(self, window_s: float = 1.0) -> float:
         """Trace capacity over the next ``window_s`` s from now (0: the instant rate), Mbit/s."""
         return self.trace.mbps_at(self._now() + self._offset, window_s)
@@ -378,10 +397,12 @@ class BandwidthEstimator:
       within a coarse clock tick) raises it by at most ``window / (window - 1)``. One stall,
       though, holds it down until ``window`` newer samples have come.
     * ``"median"``: their median (the mean of the middle two for an even count), which one
-      sample can move neither way once there are three. The device runtime uses it: its
-      samples are single small requests, whose time on a cellular link is mostly the wait
-      for a transmission opportunity, heavy-tailed, and they come seconds apart while it
-      prefers ``local`` (benchmarks/README.md shows the case).
+      sample can move neither way once there are three.
+
+    One throughput for every size misreads a cellular link, where a small message mostly
+    waits for a transmission opportunity: the device runtime plans with
+    :class:`~splitpack.runtimes.transfer.TransferEstimator` (a per-message delay and a rate)
+    instead.
 
     Args:
         initial_mbps: the estimate before any sample (> 0).

@@ -24,7 +24,7 @@ from splitpack.runtimes.bench_support import free_port
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
 from splitpack.runtimes.load import LoadSchedule
-from splitpack.runtimes.netem import ShapedLink, constant_trace
+from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
 from splitpack.runtimes.wire import decode_payload
 from tests.runtimes.conftest import follow_uplink
 from tests.runtimes.test_load import FakeTime
@@ -320,6 +320,53 @@ def test_planning_uses_the_bytes_really_sent(bundle, app, samples) -> None:
         assert runtime.sent_bytes["edge"] == pytest.approx(sent, rel=0.02)  # batches: not tracked
 
 
+class LinkClock(FakeClock):
+    """The runtime's clock, also the emulated link's: a link sleep advances it."""
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_an_upload_into_an_outage_is_given_up_and_answered_locally(bundle, app,
+                                                                   samples) -> None:
+    """The test bundle's local variant is profiled at 100 ms: an upload that has waited that
+    long is given up, the request answered locally (no fallback: the edge is up), the wait
+    becomes a sample, and the runtime answers locally for a probe interval; once the link is
+    back, the next remote request finds it and the fresh sample outweighs the stale one."""
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    outage = from_mbps([0.0, 50.0], bin_seconds=5.0)  # 5 s without capacity, then 50 Mbit/s
+    link = ShapedLink(outage, clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link) as runtime:
+        started = clock.now
+        result = runtime.infer(inputs[0])
+        assert (result.variant_id, result.mode, result.fallback) == ("local", "local", False)
+        _check(result, expected, 0)
+        assert clock.now - started == pytest.approx(0.1)
+        assert result.transfer_ms == pytest.approx(100)
+        assert runtime.stats["deadline_misses"] == 1 and runtime.edge_up
+        assert runtime.stats["fallbacks"] == 0 and edge.bodies == []  # nothing was posted
+        assert runtime.estimator.fit().delay_ms > 90  # the wait is a sample
+        clock.now += 0.5  # within the probe interval: local without trying the link
+        assert runtime.infer(inputs[1]).mode == "local" and runtime.stats["deadline_misses"] == 1
+        clock.now += 6.0  # the outage is over (the stale sample still says 100 ms)
+        result = runtime.infer(inputs[2])
+        assert result.mode == "split" and runtime.stats["deadline_misses"] == 1
+        _check(result, expected, 2)
+        assert runtime.estimator.fit().delay_ms < 1.0
+        assert runtime.infer(inputs[3]).mode == "split"
+
+
+def test_without_a_deadline_an_upload_waits_out_the_outage(bundle, app, samples) -> None:
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    link = ShapedLink(from_mbps([0.0, 50.0], bin_seconds=5.0), clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, deadline_factor=None) as runtime:
+        result = runtime.infer(inputs[0])
+        assert result.mode == "split" and result.transfer_ms >= 5000
+        assert runtime.stats["deadline_misses"] == 0
+
+
 @pytest.mark.parametrize("x, match", [
     (np.zeros((1, 16, 16), np.float64), r"found float64 \(1, 16, 16\)"),
     (np.zeros((16, 16), np.uint8), r"found uint8 \(16, 16\)"),
@@ -338,6 +385,9 @@ def test_bad_inputs_are_refused(bundle, app, x, match) -> None:
     ({"backend": "tensorrt"}, "backend 'tensorrt' is not known"),
     ({"threads": 0}, "threads: found 0; expected an int >= 1"),
     ({"threads": 0, "backend": "litert"}, "threads: found 0; expected an int >= 1"),
+    ({"deadline_factor": 0.0}, "deadline_factor: found 0.0; expected a finite number > 0"),
+    ({"deadline_factor": float("inf")}, "deadline_factor: found inf"),
+    ({"initial_uplink_mbps": -1.0}, r"initial_uplink_mbps: found -1\.0"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(bundle, options, match) -> None:
     url = options.pop("edge_url", "http://127.0.0.1:9")

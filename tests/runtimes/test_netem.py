@@ -295,6 +295,29 @@ def test_shaped_link_queues_concurrent_sends():
     assert link.transfer_time(100_000, at=0.5) == pytest.approx(0.1)  # link drained by then
 
 
+def test_send_within_gives_up_but_leaves_the_bytes_queued():
+    clock = FakeClock()
+    link = ShapedLink(from_mbps([0.0, 8.0], bin_seconds=1.0), clock=clock, sleep=clock.sleep)
+    assert link.send_within(1000, timeout_s=0.25) == (pytest.approx(0.25), False)  # an outage
+    assert clock.sleeps == [pytest.approx(0.25)]
+    # The given-up bytes still go out when the outage ends (1 s), 1e6 bytes/s: a later send
+    # queues behind them.
+    assert link.transfer_time(1000) == pytest.approx(1.0 + 0.002 - 0.25)
+    assert link.send_within(1000, timeout_s=5.0) == (pytest.approx(0.752), True)
+    waited, sent = link.send_within(0, timeout_s=1.0)
+    assert sent and waited == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("nbytes, timeout_s, match", [
+    (-1, 1.0, "nbytes: found -1"), (10, -0.1, r"timeout_s: found -0\.1"),
+    (10, float("nan"), "timeout_s: found nan"),
+])  # fmt: skip
+def test_send_within_refuses_bad_arguments(nbytes, timeout_s, match):
+    link = ShapedLink(constant_trace(8.0), clock=FakeClock(), sleep=lambda seconds: None)
+    with pytest.raises(InvalidConfigError, match=match):
+        link.send_within(nbytes, timeout_s)
+
+
 def test_shaped_link_follows_trace_and_offset():
     trace = from_mbps([8.0, 0.0], bin_seconds=1.0)
     clock = FakeClock()
