@@ -16,7 +16,9 @@ Prints, and writes as JSON (default: the grid's name with ``_summary.json``):
 * entropy coding: the share of cells whose entropy-coded mean payload is ≤ 0.8× the
   bit-packed one;
 * training cost: ``train_seconds`` of the learned units (median, max) and what tail fine-tuning
-  adds (``tail_seconds``).
+  adds (``tail_seconds``);
+* the knee: per cut, the best accuracy at each compression ratio (any method), as a Markdown
+  table.
 
 Every figure is computed from the grid's cells; nothing is assumed.
 """
@@ -90,7 +92,13 @@ def summarize(grid: dict, tolerance: float = 1.0) -> dict:
     tuned = [c for c in _cells(grid, method="finetuned", coding="bitpack")]
     q8_drops = [e["q8_drop"] for e in per_cut if e["q8_drop"] is not None]
     full_gaps = [e["full_channel_b8_minus_q8"] for e in per_cut if e["full_channel_b8_minus_q8"] is not None]
+    best_by_ratio = {}
+    for cell in grid["cells"]:
+        row = best_by_ratio.setdefault(cell["cut"], {})
+        ratio = f"{cell['compression_ratio']:g}"
+        row[ratio] = max(row.get(ratio, 0.0), cell["accuracy"])
     return {
+        "best_accuracy_by_ratio": best_by_ratio,
         "grid_model": grid.get("model"),
         "baseline_accuracy": baseline,
         "train_examples": grid.get("train_examples"),
@@ -140,6 +148,13 @@ def _print(summary: dict) -> None:
     if summary["tail_seconds_median"] is not None:
         print(f"tail fine-tuning adds: median {summary['tail_seconds_median']:.1f} s, "
               f"max {summary['tail_seconds_max']:.1f} s")
+    table = summary["best_accuracy_by_ratio"]
+    ratios = sorted({float(r) for row in table.values() for r in row})
+    print("best accuracy (%) at each ratio, any method:")
+    print("| cut | " + " | ".join(f"{r:g}x" for r in ratios) + " |")
+    print("|---" * (len(ratios) + 1) + "|")
+    for cut, row in table.items():
+        print(f"| {cut} | " + " | ".join(f"{row[f'{r:g}']:.1f}" if f"{r:g}" in row else "–" for r in ratios) + " |")
 
 
 def merge_grids(grids: list[dict]) -> dict:
