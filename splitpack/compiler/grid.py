@@ -204,9 +204,16 @@ def run_grid(
         "input_baselines": previous_baselines,
         "cells": [],
     }
+    def write() -> None:
+        """The document so far, plus every resumed cell not yet reached (so that a resumed run
+        that is interrupted loses nothing it had)."""
+        written = {(cell["cut"], cell["codec"]) for cell in document["cells"]}
+        pending = [cell for key, cells in done.items() if key not in written for cell in cells]
+        _write_json(out, {**document, "cells": document["cells"] + pending})
+
     if input_baselines is not None and previous_baselines is None:
         document["input_baselines"] = input_baselines()
-        _write_json(out, document)
+        write()
     for cut in cuts:
         plan = plans[cut.label]
         todo = [codec for codec in plan if (cut.label, codec.name) not in done]
@@ -227,8 +234,8 @@ def run_grid(
             sizes = ", ".join(f"{cell.coding} {cell.payload_bytes:.0f} B" for cell in cells)
             log(f"{cut.label:>24} {codec.name:>10}  ratio {cells[0].compression_ratio:7.1f}x  "
                 f"accuracy {cells[0].accuracy:6.2f}%  {sizes}  ({cells[0].train_seconds:.1f} s)")
-            _write_json(out, document)
-    _write_json(out, document)
+            write()
+    write()
     return document
 
 

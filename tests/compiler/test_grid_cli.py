@@ -11,7 +11,7 @@ from splitpack.errors import InvalidConfigError
 
 
 @pytest.mark.slow
-def test_quick_grid_writes_every_field_and_resumes(digits_weights, tmp_path, capsys):
+def test_quick_grid_writes_every_field_and_resumes(digits_weights, tmp_path, capsys, monkeypatch):
     out = tmp_path / "grid.json"
     args = ["bench", "grid", "splitpack.models:digits_cnn", "--weights", str(digits_weights), "--data", "digits",
             "--quick", "--out", str(out), "--plot", str(tmp_path / "grid.png"), "--no-progress"]
@@ -46,6 +46,27 @@ def test_quick_grid_writes_every_field_and_resumes(digits_weights, tmp_path, cap
     assert main(args) == 0  # the same settings again: every cell comes from the file
     assert "resuming" in capsys.readouterr().out
     assert json.loads(out.read_text())["cells"] == grid["cells"]
+    # a resumed run interrupted at its last cut keeps every cell it had, the later cuts' too
+    cuts = [cut["label"] for cut in grid["cuts"]]
+    redo = (cuts[0], cuts[-1])
+    partial = dict(grid, cells=[c for c in grid["cells"] if not (c["cut"] in redo and c["method"] == "learned")])
+    out.write_text(json.dumps(partial))
+    from splitpack.compiler import grid as grid_module
+
+    measure = grid_module.measure_cell
+
+    def interrupted_at_the_last_cut(model, features, *args, **kwargs):
+        if features.cut.label == cuts[-1]:
+            raise KeyboardInterrupt
+        return measure(model, features, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "measure_cell", interrupted_at_the_last_cut)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    key = lambda c: (c["cut"], c["codec"], c["coding"])  # noqa: E731
+    kept = set(map(key, json.loads(out.read_text())["cells"]))
+    assert set(map(key, partial["cells"])) <= kept  # the middle cut's resumed cells were not dropped
+    assert {k for k in map(key, grid["cells"]) if k[0] == cuts[0]} <= kept  # the first cut re-measured
 
 
 @pytest.mark.parametrize(

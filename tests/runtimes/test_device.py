@@ -93,7 +93,7 @@ def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, sampl
     inputs, expected = samples
     low, high = split_ids
     runtime = DeviceRuntime(bundle, edge_process.url, link=ShapedLink(constant_trace(LOW_MBPS)),
-                            rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05)
+                            initial_uplink_mbps=LOW_MBPS, rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05)
     with runtime:
         follow_uplink(runtime, inputs, expected, low, high, HIGH_MBPS, _check)
         stats = runtime.stats
