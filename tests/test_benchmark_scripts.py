@@ -148,3 +148,27 @@ def test_grid_report_figures_come_from_the_cells() -> None:
     assert summary["entropy_cells"] == 2 and summary["entropy_share_at_or_below_0.8"] == 0.5
     merged = report.merge_grids([grid, {**grid, "cuts": [{"label": "c", "shape": [4]}], "cells": []}])
     assert [cut["label"] for cut in merged["cuts"]] == ["a", "b", "c"] and len(merged["cells"]) == 7
+
+
+def test_runtime_report_checks_each_mark_from_the_files(tmp_path, capsys) -> None:
+    report = _load("runtime_report")
+
+    def run(name: str, adaptive: float, adaptive_mean: float, lost: int = 0) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(__import__("json").dumps({
+            "trace": {"path": "../shared/traces/X.up"}, "device_slowdown": 30.0,
+            "median_latency_ms": {"adaptive": adaptive, "best_static": 12.0, "local": 10.0, "edge": 11.0,
+                                  "oracle": 9.5},
+            "mean_latency_ms": {"adaptive": adaptive_mean, "best_static": 13.0, "local": 11.0, "edge": 12.0,
+                                "oracle": 10.0},
+            "errors": 0, "lost": lost, "switch_ms_p99": 0.01}))
+        return path
+
+    good = report.summarize(run("good", 10.1, 12.0))  # 1.063 x oracle, 1.01 x local, mean 1.2x
+    assert good["best_fixed"] == "local" and good["marks_met"]
+    assert good["median_over_best_fixed"] == pytest.approx(1.01)
+    assert not report.summarize(run("slow_mean", 10.1, 12.6))["marks_met"]  # mean 1.26 x oracle
+    assert not report.summarize(run("above_best", 10.3, 11.0))["marks_met"]  # 1.03 x local
+    assert not report.summarize(run("lost", 10.1, 12.0, lost=1))["marks_met"]
+    assert report.main([str(tmp_path / "good.json"), str(tmp_path / "lost.json")]) == 0
+    assert "1 of 2 runs meet every mark" in capsys.readouterr().out
