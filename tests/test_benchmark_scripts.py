@@ -161,6 +161,7 @@ def test_runtime_report_checks_each_mark_from_the_files(tmp_path, capsys) -> Non
                                   "oracle": 9.5},
             "mean_latency_ms": {"adaptive": adaptive_mean, "best_static": 13.0, "local": 11.0, "edge": 12.0,
                                 "oracle": 10.0},
+            "adaptive_to_oracle": {"median": adaptive / 9.5, "mean": adaptive_mean / 10.0, "p90": None},
             "errors": 0, "lost": lost, "switch_ms_p99": 0.01}))
         return path
 

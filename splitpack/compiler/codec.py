@@ -246,7 +246,7 @@ def codec_ladder(cut_shape: tuple[int, ...], count: int = 16) -> list[CodecSpec]
     full = cut_channels(cut_shape)
     chosen = [c for c in space if c.channels == full and c.stride == 1][:count]
     top = max((compression_ratio(cut_shape, c) for c in chosen), default=0.0)
-    ratios = sorted({compression_ratio(cut_shape, c) for c in space} - {0.0})
+    ratios = sorted({compression_ratio(cut_shape, c) for c in space})
     higher = [r for r in ratios if r > top]
     at = {r: [c for c in space if compression_ratio(cut_shape, c) == r] for r in higher}
     primary = [max(at[r], key=lambda c: (c.bits, -c.stride)) for r in higher]

@@ -27,6 +27,7 @@ error type with the step and the model named.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -170,8 +171,6 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
 
 def selection_key(settings: CompileSettings) -> str:
     """What the selection reads besides the training settings (the work folder's name)."""
-    import hashlib
-
     read = {name: getattr(settings, name) for name in ("variants", "max_accuracy_drop", "bandwidth", "device_slowdown")}
     return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -196,8 +196,8 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
         if not open_slots or rounds >= MAX_REPLACEMENT_ROUNDS:
             break
         rounds += 1
-        for vid, cell in finals.items():  # what the final training measured teaches the predictor
-            predictor = predictor.observe(by_cell[(by_id[vid].cut, vid.split("-", 1)[1])], cell["accuracy"])
+        for cell in finals.values():  # what the final training measured teaches the predictor
+            predictor = predictor.observe(by_cell[(cell["cut"], cell["codec"])], cell["accuracy"])
         predictions = predictor.predict(list(candidates))
         failed = {d.id for d in dropped}
         every = profiles_for(predictions)
