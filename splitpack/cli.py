@@ -248,7 +248,14 @@ def _cmd_bench_predictor(args) -> int:
         grid = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InvalidConfigError(f"grid file {str(path)!r} is not JSON: {exc}") from None
-    setting = LatencySetting(args.device_gflops, args.edge_gflops, args.rtt_ms)
+    try:
+        slowdowns = tuple(float(v) for v in args.device_slowdowns.split(","))
+    except ValueError:
+        slowdowns = ()
+    if not slowdowns or min(slowdowns) <= 0:
+        raise InvalidConfigError(f"--device-slowdowns {args.device_slowdowns!r} is malformed; "
+                                 "write positive numbers joined by commas, e.g. 1,3,10,30,100")
+    setting = LatencySetting(args.device_gflops, args.edge_gflops, args.rtt_ms, slowdowns)
     report = replay_grid(grid, args.budget, tolerance=args.tolerance, max_drop=args.max_accuracy_drop,
                          setting=setting)
     report["grid"] = str(path)
@@ -257,11 +264,14 @@ def _cmd_bench_predictor(args) -> int:
     out.write_text(json.dumps(report, indent=1))
     if args.plot:
         plot_grid(grid, Path(args.plot), predictions=report["curves"])
-    rows = [[r["method"], r["trained_cells"], r["mae"], r["max_error"], r["knee_error_steps_max"],
-             r["plan_accuracy_loss_max"]] for r in [report] + report["baselines"]]
-    print(format_table(["method", "cells trained", "MAE (pts)", "max error", "knee error (steps, max)",
-                        "plan loss max (pts)"], rows))
-    print(f"cost ratio {report['cost_ratio']:.1f}x ({report['space_cost_note']}); wrote {out}")
+    rows = [[r["method"], r["trained_cells"], r["cost_examples"], r["mae"], r["mae_near_floor"], r["max_error"],
+             r["knee_error_steps_max"], r["plan_accuracy_loss_max"]] for r in [report] + report["baselines"]]
+    print(format_table(["method", "cells measured", "cost (examples)", "MAE (pts)", "MAE near floor", "max error",
+                        "knee error (steps, max)", "plan loss max (pts)"], rows))
+    print(f"transfer: {report['free_signal_cells']} of its cells are calibrated (evaluation only); "
+          f"{report['within_one_sigma']:.0%} of the scored cells within +-1 sigma")
+    print(f"cost ratio {report['cost_ratio']:.1f}x against the whole space ({report['space_cost_note']}), "
+          f"{report['cost_ratio_grid']:.1f}x against the measured grid; wrote {out}")
     return 0
 
 
@@ -307,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predictor = bench.add_parser("predictor", help="replay sampling and prediction against a measured grid")
     predictor.add_argument("--grid", required=True, help="grid JSON from `splitpack bench grid`")
-    predictor.add_argument("--budget", type=int, default=16, help="cells the predictor may train (default 16)")
+    predictor.add_argument("--budget", type=int, default=20, help="cells the predictor may train (default 20, as compile)")
     predictor.add_argument("--tolerance", type=float, default=1.0, help="accuracy drop (points) that defines the knee")
     predictor.add_argument("--max-accuracy-drop", type=float, default=1.0, help="planning floor below the baseline")
-    predictor.add_argument("--device-gflops", type=float, default=0.2, help="device compute for the planning replay")
+    predictor.add_argument("--device-gflops", type=float, default=2.0,
+                           help="device compute at slowdown 1 for the planning replay (default 2 GFLOP/s)")
+    predictor.add_argument("--device-slowdowns", default="1,3,10,30,100",
+                           help="device slowdowns the plans are scored at (default 1,3,10,30,100)")
     predictor.add_argument("--edge-gflops", type=float, default=50.0, help="edge compute for the planning replay")
     predictor.add_argument("--rtt-ms", type=float, default=10.0, help="round-trip time for the planning replay")
     predictor.add_argument("--out", required=True, help="pred.json to write")

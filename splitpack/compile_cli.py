@@ -154,7 +154,7 @@ def add_bundle_commands(commands, bench) -> None:
     compile_.add_argument("--device-slowdown", type=float, help="the device is F times slower than this host")
     compile_.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=None,
                           help="also emit TFLite heads (default on)")
-    compile_.add_argument("--budget", type=int, help="cells trained for the predictor (default 16)")
+    compile_.add_argument("--budget", type=int, help="cells trained for the predictor (default 20)")
     compile_.add_argument("--epochs", type=int, help="epochs per sampled cell (default 3)")
     compile_.add_argument("--final-epochs", type=int, help="epochs per bundled variant (default 3, as the sampled cells)")
     compile_.add_argument("--samples", type=int, help="sample inputs embedded for verify (default 32)")

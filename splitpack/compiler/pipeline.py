@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -99,17 +100,27 @@ class _Trainer:
         return self._features[cut.label]
 
     def cell(self, cut_label: str, codec_name: str, *, epochs: int, keep_artifacts: bool) -> dict:
+        """Train (or load) one cell. Sampled cells (``keep_artifacts=False``) keep their head and
+        tail too: a final variant at the sampling's epochs is that same training (same seed),
+        so it is copied instead of trained again."""
         cut, codec = self.cuts[cut_label], parse_codec(codec_name)
         folder = "final" if keep_artifacts else "cells"
         key = variant_id(cut, codec)
+        sampled = self.work.root / "cells" / key
 
         def compute():
+            if keep_artifacts and epochs == self.settings.epochs and (sampled / "tail.onnx").exists() \
+                    and sampled.with_suffix(".json").exists():
+                for name in ("head.onnx", "tail.onnx"):
+                    shutil.copyfile(sampled / name, self.work.path(folder, key, name))
+                cell = json.loads(sampled.with_suffix(".json").read_text())
+                self.log(f"    {cut.label} {codec}: {cell['accuracy']:.2f}% (trained while sampling, same settings)")
+                return cell
             features, tail_module = self._cut_state(cut)
             (cell,), _, (head, tail) = measure_cell(self.model, features, codec, self.dataset, epochs=epochs,
                                                      seed=self.settings.seed, progress=True, tail_module=tail_module)
-            if keep_artifacts:
-                onnx.save(head, str(self.work.path(folder, key, "head.onnx")))
-                onnx.save(tail, str(self.work.path(folder, key, "tail.onnx")))
+            onnx.save(head, str(self.work.path(folder, key, "head.onnx")))
+            onnx.save(tail, str(self.work.path(folder, key, "tail.onnx")))
             self.log(f"    {cut.label} {codec}: {cell.compression_ratio:.0f}x, {cell.accuracy:.2f}% "
                      f"({cell.train_seconds:.1f} s)")
             return asdict(cell)
@@ -161,7 +172,7 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
     if settings.budget > len(candidates):
         raise InvalidConfigError(
             f"budget {settings.budget} is larger than the {len(candidates)} cells the compiler considers "
-            f"for this model (every cut x its codec space); allowed: 4..{len(candidates)}: lower --budget")
+            f"for this model (every cut x its codec space); allowed: 1..{len(candidates)}: lower --budget")
 
     def measured(cell: CellFeatures) -> float:
         return trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)["accuracy"]

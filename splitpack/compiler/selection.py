@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from splitpack.compiler.codec import compression_ratio, parse_codec
+from splitpack.compiler.codec import compression_ratio, cut_channels, parse_codec
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.grid import payload_bytes_of, variant_id
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, Prediction
@@ -90,7 +90,10 @@ class Selection:
 def cell_features(cut: Cut, codec) -> CellFeatures:
     """The predictor's description of one (cut, codec) cell."""
     ratio = compression_ratio(cut.shape, codec)
-    return CellFeatures(cut.label, cut.position, cut.bytes_per_sample / ratio, codec.bits, ratio, codec.name)
+    calibrated = codec.method == "calibrated"
+    fraction = 1.0 if calibrated else codec.channels / cut_channels(cut.shape)
+    return CellFeatures(cut.label, cut.position, cut.bytes_per_sample / ratio, codec.bits, ratio, codec.name,
+                        channel_fraction=fraction, stride=codec.stride, calibrated=calibrated)
 
 
 def candidate_profiles(cuts: dict[str, Cut], profile: dict, candidates: Sequence[CellFeatures],

@@ -52,7 +52,7 @@ class CompileSettings(BaseModel):
     bandwidth: str = "0.5:100"
     device_slowdown: float = Field(default=1.0, gt=0)
     tflite: bool = True
-    budget: int = Field(default=16, ge=4)
+    budget: int = Field(default=20, ge=1)
     epochs: int = Field(default=3, ge=1)
     final_epochs: int = Field(default=3, ge=1)
     samples: int = Field(default=32, ge=1, le=1024)

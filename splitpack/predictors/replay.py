@@ -11,6 +11,7 @@ planning with its predictions instead of the measured grid.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -28,11 +29,14 @@ Key = tuple[str, str]  # (cut label, codec)
 class LatencySetting:
     """The compute and network assumptions used to turn cells into plans (stated in pred.json)."""
 
-    def __init__(self, device_gflops: float = 0.2, edge_gflops: float = 50.0, rtt_ms: float = 10.0):
+    def __init__(self, device_gflops: float = 2.0, edge_gflops: float = 50.0, rtt_ms: float = 10.0,
+                 slowdowns: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)):
         self.device_gflops, self.edge_gflops, self.rtt_ms = device_gflops, edge_gflops, rtt_ms
+        self.slowdowns = tuple(slowdowns)
 
     def as_dict(self) -> dict:
-        return {"device_gflops": self.device_gflops, "edge_gflops": self.edge_gflops, "rtt_ms": self.rtt_ms}
+        return {"device_gflops": self.device_gflops, "edge_gflops": self.edge_gflops, "rtt_ms": self.rtt_ms,
+                "device_slowdowns": list(self.slowdowns)}
 
 
 def validate_grid(grid: dict, budget: int) -> None:
@@ -82,23 +86,35 @@ def _knee_steps(cells: list[dict], predicted: dict[Key, float], baseline: float,
 
 def _plans(grid: dict, predicted: dict[Key, float], setting: LatencySetting, max_drop: float,
            bandwidths: np.ndarray) -> dict:
-    """Accuracy lost at each bandwidth by planning with predictions instead of measurements."""
+    """Accuracy lost at each bandwidth and device slowdown by planning with predictions instead
+    of measurements."""
+    losses, violations = [], 0
+    for slowdown in setting.slowdowns:
+        lost, violated = _plans_at(grid, predicted, setting, setting.device_gflops / slowdown, max_drop, bandwidths)
+        losses += lost
+        violations += violated
+    return {"plan_accuracy_loss_max": max(losses), "plan_accuracy_loss_mean": float(np.mean(losses)),
+            "plan_floor_violations": violations, "plan_settings": len(losses)}
+
+
+def _plans_at(grid: dict, predicted: dict[Key, float], setting: LatencySetting, device_gflops: float,
+              max_drop: float, bandwidths: np.ndarray) -> tuple[list[float], int]:
     baseline = grid["baseline_accuracy"]
     floor = baseline - max_drop
     cuts = {cut["label"]: cut for cut in grid["cuts"]}
     total_flops = next(iter(cuts.values()))["head_flops"] + next(iter(cuts.values()))["tail_flops"]
     profiles, measured, guessed = [], [], []
-    local = VariantProfile("local", "local", total_flops / setting.device_gflops / 1e6, 0, 0, 0, 0, 0, baseline, 0)
+    local = VariantProfile("local", "local", total_flops / device_gflops / 1e6, 0, 0, 0, 0, 0, baseline, 0)
     profiles.append(local), measured.append(baseline), guessed.append(baseline)
     if "input_shape" in grid:
         input_bytes = math.prod(grid["input_shape"]) + 60
         profiles.append(VariantProfile("edge", "edge", 0, 0, 0, total_flops / setting.edge_gflops / 1e6,
                                        input_bytes, 4 * grid.get("num_classes", 10), baseline, 0))
         measured.append(baseline), guessed.append(baseline)
-    for cell in grid["cells"]:
+    for cell in bitpacked_cells(grid):
         cut = cuts[cell["cut"]]
         profiles.append(VariantProfile(
-            f"{cell['cut']}:{cell['codec']}", "split", cut["head_flops"] / setting.device_gflops / 1e6, 0, 0,
+            f"{cell['cut']}:{cell['codec']}", "split", cut["head_flops"] / device_gflops / 1e6, 0, 0,
             cut["tail_flops"] / setting.edge_gflops / 1e6, cell["payload_bytes"], 4 * grid.get("num_classes", 10),
             cell["accuracy"], 0, cut=cell["cut"], compression_ratio=cell["compression_ratio"],
         ))
@@ -113,25 +129,36 @@ def _plans(grid: dict, predicted: dict[Key, float], setting: LatencySetting, max
         best_guess = int(np.argmin(np.where(guessed_arr >= floor - 1e-9, latency, np.inf)))
         losses.append(float(measured_arr[best_true] - measured_arr[best_guess]))
         violations += int(measured_arr[best_guess] < floor - 1e-9)
-    return {"plan_accuracy_loss_max": max(losses), "plan_accuracy_loss_mean": float(np.mean(losses)),
-            "plan_floor_violations": violations}
+    return losses, violations
 
 
 def _score(grid: dict, name: str, predicted: dict[Key, float], trained: set[Key], cost: float, *, tolerance: float,
-           setting: LatencySetting, max_drop: float, bandwidths: np.ndarray) -> dict:
+           setting: LatencySetting, max_drop: float, bandwidths: np.ndarray, stds: dict[Key, float] | None = None) -> dict:
+    """Errors over the learned cells the method did not measure; knees and plans over all."""
     cells = bitpacked_cells(grid)
-    errors = [abs(predicted[(c["cut"], c["codec"])] - c["accuracy"]) for c in cells if (c["cut"], c["codec"]) not in trained]
+    floor = grid["baseline_accuracy"] - max_drop
+    scored = [c for c in cells if c.get("method") != "calibrated" and (c["cut"], c["codec"]) not in trained]
+    errors = np.array([abs(predicted[(c["cut"], c["codec"])] - c["accuracy"]) for c in scored])
+    near = np.array([abs(c["accuracy"] - floor) <= 5.0 for c in scored])
     knee = _knee_steps(cells, predicted, grid["baseline_accuracy"], tolerance)
-    return {
+    report = {
         "method": name,
         "trained_cells": len(trained),
         "cost_examples": cost,
+        "scored_cells": len(scored),
         "mae": float(np.mean(errors)),
         "max_error": float(np.max(errors)),
+        "mae_near_floor": float(np.mean(errors[near])) if near.any() else None,
+        "near_floor_cells": int(near.sum()),
         "knee_error_steps": knee,
         "knee_error_steps_max": max(knee.values()),
-        **_plans(grid, predicted, setting, max_drop, bandwidths),
+        **_plans(grid, predicted if stds is None else {k: v - stds.get(k, 0.0) for k, v in predicted.items()},
+                 setting, max_drop, bandwidths),
     }
+    if stds is not None:
+        z = errors / np.array([stds[(c["cut"], c["codec"])] for c in scored])
+        report["within_one_sigma"] = float(np.mean(z <= 1.0))
+    return report
 
 
 def _features(cell: dict) -> CellFeatures:
@@ -141,12 +168,15 @@ def _features(cell: dict) -> CellFeatures:
 def _gp_predict(train_cells: list[dict], all_cells: list[dict], baseline: float, columns: Callable) -> dict[Key, float]:
     """A GP on the given feature columns, fitted to the drops of ``train_cells``."""
     from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     x = np.array([columns(c) for c in train_cells])
     y = np.array([baseline - c["accuracy"] for c in train_cells])
     kernel = ConstantKernel(25.0, (1.0, 2500.0)) * RBF(np.ones(x.shape[1]), (0.05, 50.0)) + WhiteKernel(0.1, (1e-3, 4.0))
-    gp = GaussianProcessRegressor(kernel=kernel, n_restarts_optimizer=2, random_state=0).fit(x, y)
+    with warnings.catch_warnings():  # a length scale at its bound is an answer here, not a fault
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp = GaussianProcessRegressor(kernel=kernel, n_restarts_optimizer=2, random_state=0).fit(x, y)
     drops = gp.predict(np.array([columns(c) for c in all_cells]))
     return {(c["cut"], c["codec"]): float(np.clip(baseline - d, 0, 100)) for c, d in zip(all_cells, drops)}
 
@@ -159,11 +189,19 @@ def _per_cut_budget(cuts: list[str], budget: int) -> dict[str, int]:
     return {cut: budget // len(cuts) + (1 if i < budget % len(cuts) else 0) for i, cut in enumerate(cuts)}
 
 
+def cell_cost(cell: dict, grid: dict) -> float:
+    """Examples one cell costs: its training (none for calibrated quantization) plus the
+    evaluation of the test set that measures it."""
+    return float(cell.get("train_examples", 0)) + float(grid.get("test_examples", 0))
+
+
 def bitpacked_cells(grid: dict) -> list[dict]:
     """The grid's cells, once per (cut, codec): a grid measures each unit under every wire
     coding with one accuracy; the replay plans with the bit-packed bytes (grids written before
-    codings existed have only those)."""
-    return [cell for cell in grid["cells"] if cell.get("coding", "bitpack") == "bitpack"]
+    codings existed have only those). Fine-tuned cells are left out: the compile trains units
+    with the tail frozen, and that is what the predictor predicts."""
+    return [cell for cell in grid["cells"] if cell.get("coding", "bitpack") == "bitpack"
+            and cell.get("method", "learned") != "finetuned"]
 
 
 def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: float = 1.0, seed: int = 0,
@@ -176,7 +214,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     """
     validate_grid(grid, budget)
     setting = setting or LatencySetting()
-    bandwidths = np.logspace(np.log10(0.5), np.log10(100), 25)
+    bandwidths = np.logspace(np.log10(0.1), np.log10(100), 25)
     baseline = grid["baseline_accuracy"]
     cells = bitpacked_cells(grid)
     by_features = {_features(c): c for c in cells}
@@ -193,36 +231,36 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     result = sample_and_fit(list(by_features), budget, lookup, baseline, tolerance=tolerance)
     predictions = result.predictor.predict(list(by_features))
     predicted = _with_measured({(c["cut"], c["codec"]): p.accuracy for c, p in zip(by_features.values(), predictions)}, used)
+    stds = {(c["cut"], c["codec"]): 0.0 if c in used else p.std for c, p in zip(by_features.values(), predictions)}
     trained = {(c["cut"], c["codec"]) for c in used}
-    cost = float(sum(c["train_examples"] for c in used))
-    report = _score(grid, "transfer", predicted, trained, cost, **score)
+    cost = float(sum(cell_cost(c, grid) for c in used))
+    report = _score(grid, "transfer", predicted, trained, cost, stds=stds, **score)
 
-    # -- baselines at the same budget --------------------------------------------------------
+    # -- baselines at the same cost: as many learned cells as the transfer's examples pay for ----
+    learned = [c for c in cells if c.get("method") != "calibrated"]
+    mean_learned_cost = float(np.mean([cell_cost(c, grid) for c in learned]))
+    equal = min(len(learned) // 2, max(budget, int(round(cost / mean_learned_cost))))
     rng = np.random.default_rng(seed)
-    random_cells = [cells[i] for i in rng.choice(len(cells), size=budget, replace=False)]
+    random_cells = [learned[i] for i in rng.choice(len(learned), size=equal, replace=False)]
     random_pred = _with_measured(_gp_predict(random_cells, cells, baseline, lambda c: (
         math.log2(c["cut_bytes"] / c["compression_ratio"]), math.log2(c["bits"]), c["cut_position"])), random_cells)
 
     per_cut_cells: list[dict] = []
     per_cut_pred: dict[Key, float] = {}
-    for cut, count in _per_cut_budget(cuts, budget).items():
-        mine = sorted((c for c in cells if c["cut"] == cut), key=lambda c: c["compression_ratio"])
+    for cut, count in _per_cut_budget(cuts, equal).items():
+        mine = sorted((c for c in learned if c["cut"] == cut), key=lambda c: c["compression_ratio"])
+        everything = [c for c in cells if c["cut"] == cut]
         picks = [mine[round(i * (len(mine) - 1) / max(1, count - 1))] for i in range(count)] if count else []
         per_cut_cells += picks
-        if len(picks) >= 3:  # the same monotone curve as the predictor, fitted on this cut alone
-            own = fit_predictor(baseline, cut, mine[0]["cut_position"],
-                                [(_features(c).u, c["bits"], baseline - c["accuracy"]) for c in picks])
-            per_cut_pred.update({(c["cut"], c["codec"]): p.accuracy
-                                 for c, p in zip(mine, own.predict([_features(c) for c in mine]))})
-        elif picks:  # too few for a curve: the mean of what was measured
-            per_cut_pred.update({(c["cut"], c["codec"]): float(np.mean([p["accuracy"] for p in picks])) for c in mine})
-        else:
-            per_cut_pred.update({(c["cut"], c["codec"]): baseline for c in mine})
+        # the same model, fitted on this cut's cells alone: no transfer
+        own = fit_predictor(baseline, [(_features(c), c["accuracy"]) for c in picks])
+        per_cut_pred.update({(c["cut"], c["codec"]): p.accuracy
+                             for c, p in zip(everything, own.predict([_features(c) for c in everything]))})
     per_cut_pred = _with_measured(per_cut_pred, per_cut_cells)
 
     search_cells: list[dict] = []
-    for cut, count in _per_cut_budget(cuts, budget).items():
-        mine = sorted((c for c in cells if c["cut"] == cut), key=lambda c: (c["compression_ratio"], -c["bits"]))
+    for cut, count in _per_cut_budget(cuts, equal).items():
+        mine = sorted((c for c in learned if c["cut"] == cut), key=lambda c: (c["compression_ratio"], -c["bits"]))
         low, high = 0, len(mine) - 1
         for _ in range(count):
             middle = (low + high) // 2
@@ -243,21 +281,25 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     for name, chosen, guess in (("binary_search", search_cells, search_pred), ("random", random_cells, random_pred),
                                 ("per_cut_no_transfer", per_cut_cells, per_cut_pred)):
         keys = {(c["cut"], c["codec"]) for c in chosen}
-        baselines.append(_score(grid, name, guess, keys, float(sum(c["train_examples"] for c in chosen)), **score))
+        baselines.append(_score(grid, name, guess, keys, float(sum(cell_cost(c, grid) for c in chosen)), **score))
 
-    mean_cost = float(np.mean([c["train_examples"] for c in cells]))
+    mean_cost = mean_learned_cost
     space_cells = int(grid["space"]["cells"])
     whole_cost = space_cells * mean_cost
+    grid_cost = float(sum(cell_cost(c, grid) for c in cells))
     return {
         **report,
         "budget_cells": budget,
         "cost_ratio": whole_cost / cost,
+        "cost_ratio_grid": grid_cost / cost,
+        "cost_examples_free_signals": float(sum(cell_cost(c, grid) for c in used if c.get("method") == "calibrated")),
+        "free_signal_cells": len(result.free),
         "space_cells": space_cells,
         "grid_cells": len(cells),
         "space_cost_estimated": len(cells) < space_cells,
         "space_cost_note": (
             f"the grid measured {len(cells)} of the {space_cells} cells of the space; the whole space's cost is "
-            f"{space_cells} x the mean measured cell cost ({mean_cost:.0f} examples)"
+            f"{space_cells} x the mean trained cell's cost ({mean_cost:.0f} examples: training and its evaluation)"
             if len(cells) < space_cells else "the grid measured the whole space"
         ),
         "baseline_accuracy": baseline,
@@ -265,7 +307,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         "max_accuracy_drop": max_drop,
         "bandwidths_mbps": [float(b) for b in bandwidths],
         "latency_setting": setting.as_dict(),
-        "trained": [{"cut": c["cut"], "codec": c["codec"]} for c in used],
+        "trained": [{"cut": c["cut"], "codec": c["codec"], "method": c.get("method", "learned")} for c in used],
         "baselines": baselines,
         "curves": {
             cut: [(c["compression_ratio"], predicted[(c["cut"], c["codec"])]) for c in cells if c["cut"] == cut]

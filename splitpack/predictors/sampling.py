@@ -1,19 +1,23 @@
 """Which (cut, codec) cells to train under a budget, and the loop that trains them.
 
-Order of choices:
-1. the source cut: the largest cut tensor (the earliest such cut), whose cliff lies furthest
-   inside the range of code sizes, so that the fitted curve covers the cliffs of the others
-   after a shift: four cells spread evenly over its code sizes, then up to ``source_extra``
-   more, alternately where the predicted drop is nearest the tolerance (the knee) and where the
-   curve is steepest and least known;
-2. target cuts, one sample each, in the order that spreads them over the depth of the network
-   (each next target is the cut farthest from every cut already sampled); the sample is the
-   cut's most compressed codec: on measured grids, how far a cut has fallen there is what tells
-   its shift best (a sample on the flat part says nothing about where the cliff is; placing it
-   mid-cliff by the interpolated shift was tried and did worse on the digits grid);
-3. with budget left, a second sample at the targets whose knee is most uncertain, where the
-   curve as now predicted is mid-cliff (half the source's largest drop): between a first sample
-   on the floor and the flat part, this is the bisection that locates the cliff.
+1. **Free signals, when asked for** (``free_bits``): calibrated quantization (``q2``, ``q1``:
+   no training, one evaluation of the test set each) at every cut, which places each cut's
+   sensitivity before anything is trained; their evaluations count in ``bench predictor``'s
+   cost. Off by default: on the replays (20 trained cells, ``benchmarks/README.md``) they
+   lowered the ResNet-20 ground truth's error (4.4 against 5.3 points) but raised the
+   MobileNetV2 grid's (1.3 against 0.5): how much a learned unit recovers of what calibrated
+   quantization loses differs from model to model, so ``q1`` says less about a learned cell
+   than its cost in evaluations buys elsewhere.
+2. **Then the most compressed cell** of a third of the budget's worth of cuts, spread over the
+   depth (each next one farthest from those probed): where each cut's accuracy ends up fits
+   the steepness of the cliffs and its trend over depth.
+3. **Then the rest of the budget, one cell at a time, where it decides the plan.** After each
+   measurement the predictor is refitted; the next cell is the one whose side of the accuracy
+   floor is least certain, weighted toward compression and spread over the cuts:
+   score = p·(1 − p)·log2(ratio) / (1 + n), with p the predicted probability that the cell
+   meets the floor and n the cells already trained at its cut. Cells the predictor already
+   places far below the floor (p < 2 %), or far above it (p > 98 %), are not trained while any
+   other is open: training them would settle nothing.
 
 The loop is independent of where accuracies come from: ``bench predictor`` replays a measured
 grid, ``compile`` trains real cells.
@@ -21,7 +25,8 @@ grid, ``compile`` trains real cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -29,34 +34,26 @@ import numpy as np
 from splitpack.errors import InvalidConfigError
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor
 
-__all__ = ["SamplingResult", "choose_source_cut", "sample_and_fit"]
+__all__ = ["SamplingResult", "sample_and_fit"]
 
-_SOURCE_FIRST = 4
+_FAR = 0.02
+_FLOOR_SHARE = 1 / 3
 
 
 @dataclass
 class SamplingResult:
     predictor: AccuracyPredictor
     trained: dict[tuple[str, str, float, int], float]  # (cut, codec, code_bytes, bits) -> accuracy
-    order: list[CellFeatures]
+    order: list[CellFeatures]  # the trained (learned) cells, in order
+    free: list[CellFeatures]  # the calibrated cells evaluated as free signals
 
 
 def _key(cell: CellFeatures) -> tuple[str, str, float, int]:
     return (cell.cut, cell.codec, round(cell.code_bytes, 6), cell.bits)
 
 
-def choose_source_cut(candidates: list[CellFeatures]) -> str:
-    """The cut with the largest tensor (most bytes before compression), the earliest on ties."""
-    size: dict[str, tuple[float, float]] = {}
-    for cell in candidates:
-        size[cell.cut] = (cell.code_bytes * cell.compression_ratio, -cell.cut_position)
-    return max(size, key=size.get)
-
-
-def _spread(cells: list[CellFeatures], count: int) -> list[CellFeatures]:
-    ordered = sorted(cells, key=lambda c: (c.u, -c.bits))
-    picks = sorted({round(i * (len(ordered) - 1) / max(1, count - 1)) for i in range(count)})
-    return [ordered[i] for i in picks]
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
 def sample_and_fit(
@@ -66,93 +63,70 @@ def sample_and_fit(
     baseline_accuracy: float,
     *,
     tolerance: float = 1.0,
-    source_extra: int = 2,
-    source_cut: str | None = None,
+    free_bits: tuple[int, ...] = (),
 ) -> SamplingResult:
-    """Train ``budget`` cells chosen as described above and fit the transferred predictor.
+    """Measure the free signals, train ``budget`` learned cells chosen as described above, and
+    fit the predictor on all of them.
 
     Args:
-        candidates: every cell that could be trained.
-        budget: number of cells to train (at least 4).
-        train: trains one cell and returns its measured accuracy (percent).
+        candidates: every cell that could be measured; calibrated ones (``calibrated=True``)
+            are the free signals, the others cost a training each.
+        budget: learned cells to train (at least 1).
+        train: trains (or evaluates) one cell and returns its measured accuracy (percent).
         baseline_accuracy: accuracy of the uncompressed model (percent).
-        tolerance: accuracy drop (points) that defines the knee.
-        source_extra: cells beyond the first four spent at the source cut.
-        source_cut: force the source cut (default: ``choose_source_cut``).
+        tolerance: the accuracy floor, in points below the baseline.
+        free_bits: calibrated cells (``q{b}``) measured at every cut before any training;
+            none by default (see the module docstring).
 
     Raises:
-        InvalidConfigError: a budget below 4 or larger than the candidates.
+        InvalidConfigError: a budget below 1 or larger than the learned candidates.
     """
-    if budget < _SOURCE_FIRST:
-        raise InvalidConfigError(f"sampling budget {budget} is too small; at least {_SOURCE_FIRST} cells are needed")
-    if budget > len(candidates):
-        raise InvalidConfigError(f"sampling budget {budget} exceeds the {len(candidates)} candidate cells; lower --budget")
-    source = source_cut or choose_source_cut(candidates)
-    by_cut: dict[str, list[CellFeatures]] = {}
-    for cell in candidates:
-        by_cut.setdefault(cell.cut, []).append(cell)
+    learned = [c for c in candidates if not c.calibrated]
+    if budget < 1:
+        raise InvalidConfigError(f"sampling budget {budget} is too small; at least 1 cell must be trained")
+    if budget > len(learned):
+        raise InvalidConfigError(
+            f"sampling budget {budget} exceeds the {len(learned)} candidate cells that train; lower --budget")
+    free = [c for c in candidates if c.calibrated and c.bits in free_bits]
+    predictor = fit_predictor(baseline_accuracy, [(c, train(c)) for c in free])
     trained: dict[tuple[str, str, float, int], float] = {}
     order: list[CellFeatures] = []
-
-    def measure(cell: CellFeatures) -> float:
-        accuracy = train(cell)
-        trained[_key(cell)] = accuracy
-        order.append(cell)
-        return accuracy
-
-    source_cells = by_cut[source]
-    first = _spread(source_cells, min(_SOURCE_FIRST, len(source_cells)))
-    samples = [(c.u, c.bits, baseline_accuracy - measure(c)) for c in first]
-    predictor = fit_predictor(baseline_accuracy, source, source_cells[0].cut_position, samples)
-    targets = [c for c in by_cut if c != source]
-    extra = max(0, min(source_extra, budget - len(order) - len(targets) // 2))
-    for index in range(extra):
-        untrained = [c for c in source_cells if _key(c) not in trained]
-        if not untrained:
-            break
-        predictions = predictor.predict(untrained)
-        if index % 2 == 0:  # pin the knee: the unpinned cell predicted nearest the tolerance
-            scores = [-abs((baseline_accuracy - p.accuracy) - tolerance) + (0 if p.std > 0.31 else -1e3) for p in predictions]
-        else:  # the steepest, least known part of the cliff
-            scores = [p.std * (1 + abs(s)) for p, s in zip(predictions, _slopes(predictor, untrained))]
-        pick = untrained[int(np.argmax(scores))]
-        samples.append((pick.u, pick.bits, baseline_accuracy - measure(pick)))
-        predictor = fit_predictor(baseline_accuracy, source, pick.cut_position, samples)
-
-    cliff_middle = max(tolerance, max(s[2] for s in samples) / 2)
-    sampled_positions = [source_cells[0].cut_position]
-    remaining = list(targets)
-    while remaining and len(order) < budget:
-        cut = max(remaining, key=lambda c: min(abs(by_cut[c][0].cut_position - p) for p in sampled_positions))
-        remaining.remove(cut)
-        sampled_positions.append(by_cut[cut][0].cut_position)
-        extreme = min(by_cut[cut], key=lambda c: (c.u, -c.bits))
-        accuracy = measure(extreme)
-        predictor.add_target_samples(cut, extreme.cut_position, [(extreme.u, extreme.bits, baseline_accuracy - accuracy)])
+    floor = baseline_accuracy - tolerance
+    counts: dict[str, int] = {}
+    by_cut: dict[str, list[CellFeatures]] = {}
+    for cell in learned:
+        by_cut.setdefault(cell.cut, []).append(cell)
+    sampled_positions: list[float] = []
+    for _ in range(min(len(by_cut), int(math.ceil(budget * _FLOOR_SHARE)))):
+        # where each cut's accuracy ends up: its most compressed cell, at the cut farthest (in
+        # depth) from the ones already probed; these fit the steepness and its depth trend
+        cut = max((c for c in by_cut if c not in counts), key=lambda c: min(
+            (abs(by_cut[c][0].cut_position - p) for p in sampled_positions), default=abs(by_cut[c][0].cut_position - 0.5) + 1))
+        pick = min(by_cut[cut], key=lambda c: (c.code_bytes, c.bits))
+        sampled_positions.append(pick.cut_position)
+        accuracy = train(pick)
+        trained[_key(pick)] = accuracy
+        order.append(pick)
+        counts[pick.cut] = 1
+        predictor.observe(pick, accuracy, refit=False)
+    predictor.refit(calibrate=False)
     while len(order) < budget:
-        open_cuts = [c for c in targets if any(_key(x) not in trained for x in by_cut[c])]
-        if not open_cuts:
-            break
-        cut = max(open_cuts, key=lambda c: (-len(predictor.target_points.get(c, [])), _knee_std(predictor, by_cut[c])))
-        _sample_target(predictor, by_cut[cut], trained, measure, baseline_accuracy, cliff_middle)
-    return SamplingResult(predictor=predictor, trained=trained, order=order)
-
-
-def _slopes(predictor: AccuracyPredictor, cells: list[CellFeatures]) -> list[float]:
-    upper = [replace(c, code_bytes=c.code_bytes * 2 ** 0.5) for c in cells]
-    lower = [replace(c, code_bytes=c.code_bytes * 2 ** -0.5) for c in cells]
-    return [a.accuracy - b.accuracy for a, b in zip(predictor.predict(upper), predictor.predict(lower))]
-
-
-def _knee_std(predictor: AccuracyPredictor, cells: list[CellFeatures]) -> float:
-    return max(p.std for p in predictor.predict(cells))
-
-
-def _sample_target(predictor, cells, trained, measure, baseline, target_drop) -> None:
-    untrained = [c for c in cells if _key(c) not in trained]
-    if not untrained:
-        return
-    predictions = predictor.predict(untrained)
-    pick = untrained[int(np.argmin([abs((baseline - p.accuracy) - target_drop) for p in predictions]))]
-    accuracy = measure(pick)
-    predictor.add_target_samples(pick.cut, pick.cut_position, [(pick.u, pick.bits, baseline - accuracy)])
+        open_cells = [c for c in learned if _key(c) not in trained]
+        predictions = predictor.predict(open_cells)
+        mean = np.array([p.accuracy for p in predictions])
+        std = np.array([p.std for p in predictions])
+        p = _normal_cdf((mean - floor) / std)
+        spread = np.array([1 + counts.get(c.cut, 0) for c in open_cells], dtype=float)
+        ratio = np.log2(np.maximum([c.compression_ratio for c in open_cells], 2.0))
+        score = p * (1 - p) * ratio / spread
+        undecided = (p >= _FAR) & (p <= 1 - _FAR)
+        if undecided.any():
+            score = np.where(undecided, score, -np.inf)
+        pick = open_cells[int(np.argmax(score))]
+        accuracy = train(pick)
+        trained[_key(pick)] = accuracy
+        order.append(pick)
+        counts[pick.cut] = counts.get(pick.cut, 0) + 1
+        predictor.observe(pick, accuracy, refit=False).refit(calibrate=False)
+    predictor.refit()  # and the σ scale, by leave-one-out
+    return SamplingResult(predictor=predictor, trained=trained, order=order, free=free)

@@ -64,19 +64,38 @@ def test_predictor_json_round_trip_and_version():
     np.testing.assert_allclose([p.accuracy for p in before], [p.accuracy for p in after], atol=1e-9)
     np.testing.assert_allclose([p.std for p in before], [p.std for p in after], atol=1e-9)
     with pytest.raises(InvalidConfigError, match="format 'splitpack-accuracy-predictor/9'"):
-        AccuracyPredictor.from_json(result.predictor.to_json().replace("predictor/1", "predictor/9"))
+        AccuracyPredictor.from_json(result.predictor.to_json().replace("predictor/2", "predictor/9"))
     with pytest.raises(InvalidConfigError, match="not valid JSON"):
         AccuracyPredictor.from_json("{")
 
 
-def test_too_few_source_samples_and_budgets():
-    with pytest.raises(InvalidConfigError, match="at least 3 trained cells"):
-        fit_predictor(BASELINE, "cut0", 0.1, [(3.0, 8, 0.0), (2.0, 8, 1.0)])
+def test_bad_baselines_and_budgets():
+    with pytest.raises(InvalidConfigError, match="baseline accuracy 120"):
+        fit_predictor(120.0, [])
     cells, truth = _family([0.0] * 8)
-    with pytest.raises(InvalidConfigError, match="budget 3 is too small"):
-        sample_and_fit(cells, 3, lambda cell: truth[cell], BASELINE)
+    with pytest.raises(InvalidConfigError, match="budget 0 is too small"):
+        sample_and_fit(cells, 0, lambda cell: truth[cell], BASELINE)
     with pytest.raises(InvalidConfigError, match="exceeds the 96 candidate cells"):
         sample_and_fit(cells, 200, lambda cell: truth[cell], BASELINE)
+
+
+def test_priors_alone_keep_the_lossless_code_and_lose_the_smallest():
+    """With nothing measured, 8 bits of every channel is near the baseline and the most
+    compressed cell is far below it: the priors say what every grid shows."""
+    cells, _ = _family([0.0] * 8)
+    predictor = fit_predictor(BASELINE, [])
+    first, last = predictor.predict([cells[0], cells[11]])
+    assert first.accuracy > BASELINE - 1.0
+    assert last.accuracy < BASELINE - 20.0
+
+
+def test_measured_cells_are_answered_with_their_measurement():
+    cells, truth = _family([0.0] * 8)
+    predictor = fit_predictor(BASELINE, [(cells[5], 61.0), (cells[17], truth[cells[17]])])
+    assert predictor.predict([cells[5]])[0].accuracy == 61.0
+    predictor.observe(cells[5], 63.0)
+    assert predictor.predict([cells[5]])[0].accuracy == 63.0
+    assert sum(1 for o in predictor.observations if o["codec"] == cells[5].codec and o["cut"] == cells[5].cut) == 1
 
 
 def _grid(shifts):
