@@ -238,7 +238,7 @@ def _cmd_bench_grid(args) -> int:
 
 
 def _cmd_bench_predictor(args) -> int:
-    from splitpack.plots import plot_grid
+    from splitpack.plots import plot_predictor
     from splitpack.predictors.replay import LatencySetting, replay_grid
 
     path = Path(args.grid)
@@ -263,7 +263,7 @@ def _cmd_bench_predictor(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     if args.plot:
-        plot_grid(grid, Path(args.plot), predictions=report["curves"])
+        plot_predictor(report, Path(args.plot))
     rows = [[r["method"], r["trained_cells"], r["cost_examples"], r["mae"], r["mae_near_floor"], r["max_error"],
              r["knee_error_steps_max"], r["plan_accuracy_loss_max"]] for r in [report] + report["baselines"]]
     print(format_table(["method", "cells measured", "cost (examples)", "MAE (pts)", "MAE near floor", "max error",

@@ -51,6 +51,47 @@ def plot_grid(document: dict, path: Path, predictions: dict | None = None) -> No
     plt.close(figure)
 
 
+def plot_predictor(report: dict, path: Path) -> None:
+    """Measured against predicted accuracy per cut (one panel each) from a ``bench predictor``
+    report: dots measured, line predicted with its ±1σ band, crosses the cells it trained."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = report["curves"]
+    columns = 4
+    rows = math.ceil(len(curves) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharey=True, squeeze=False)
+    trained = {(t["cut"], t["codec"]) for t in report["trained"]}
+    floor = report["baseline_accuracy"] - report["max_accuracy_drop"]
+    for axis, (cut, points) in zip(axes.flat, curves.items()):
+        points = sorted(points)
+        ratios = [p[0] for p in points]
+        predicted = [p[2] for p in points]
+        sigma = [p[3] for p in points]
+        axis.fill_between(ratios, [a - s for a, s in zip(predicted, sigma)], [a + s for a, s in zip(predicted, sigma)],
+                          color="tab:orange", alpha=0.25, linewidth=0)
+        axis.plot(ratios, predicted, "-", color="tab:orange", label="predicted ±1σ")
+        axis.plot(ratios, [p[1] for p in points], "o", color="black", markersize=3, label="measured")
+        marked = [p for p in points if (cut, p[4]) in trained]
+        axis.plot([p[0] for p in marked], [p[1] for p in marked], "x", color="tab:red", markersize=7, label="trained")
+        axis.axhline(floor, color="gray", linestyle=":", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_title(cut, fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(curves):]:
+        axis.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    figure.suptitle(f"measured and predicted accuracy per cut ({report['trained_cells']} cells trained; "
+                    f"dotted: the floor; x: compression ratio)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 _METHOD_STYLES = {"calibrated": "tab:blue", "learned": "tab:orange", "finetuned": "tab:green"}
 _INPUT_STYLES = {"jpeg": "tab:red", "webp": "tab:purple", "png": "black"}
 

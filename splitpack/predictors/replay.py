@@ -21,7 +21,7 @@ from splitpack.predictors.accuracy import CellFeatures, fit_predictor, knee_rati
 from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
 from splitpack.predictors.sampling import sample_and_fit
 
-__all__ = ["validate_grid", "replay_grid", "bitpacked_cells", "LatencySetting"]
+__all__ = ["validate_grid", "replay_grid", "bitpacked_cells", "learned_cells", "cell_cost", "LatencySetting"]
 
 Key = tuple[str, str]  # (cut label, codec)
 
@@ -111,7 +111,7 @@ def _plans_at(grid: dict, predicted: dict[Key, float], setting: LatencySetting, 
         profiles.append(VariantProfile("edge", "edge", 0, 0, 0, total_flops / setting.edge_gflops / 1e6,
                                        input_bytes, 4 * grid.get("num_classes", 10), baseline, 0))
         measured.append(baseline), guessed.append(baseline)
-    for cell in bitpacked_cells(grid):
+    for cell in learned_cells(grid):
         cut = cuts[cell["cut"]]
         profiles.append(VariantProfile(
             f"{cell['cut']}:{cell['codec']}", "split", cut["head_flops"] / device_gflops / 1e6, 0, 0,
@@ -134,10 +134,12 @@ def _plans_at(grid: dict, predicted: dict[Key, float], setting: LatencySetting, 
 
 def _score(grid: dict, name: str, predicted: dict[Key, float], trained: set[Key], cost: float, *, tolerance: float,
            setting: LatencySetting, max_drop: float, bandwidths: np.ndarray, stds: dict[Key, float] | None = None) -> dict:
-    """Errors over the learned cells the method did not measure; knees and plans over all."""
-    cells = bitpacked_cells(grid)
+    """Errors over the learned cells the method did not measure; knees and plans over every
+    learned cell: the compile's candidates (calibrated quantization is measured, when at all, as
+    a free signal, and not shipped)."""
+    cells = learned_cells(grid)
     floor = grid["baseline_accuracy"] - max_drop
-    scored = [c for c in cells if c.get("method") != "calibrated" and (c["cut"], c["codec"]) not in trained]
+    scored = [c for c in cells if (c["cut"], c["codec"]) not in trained]
     errors = np.array([abs(predicted[(c["cut"], c["codec"])] - c["accuracy"]) for c in scored])
     near = np.array([abs(c["accuracy"] - floor) <= 5.0 for c in scored])
     knee = _knee_steps(cells, predicted, grid["baseline_accuracy"], tolerance)
@@ -193,6 +195,11 @@ def cell_cost(cell: dict, grid: dict) -> float:
     """Examples one cell costs: its training (none for calibrated quantization) plus the
     evaluation of the test set that measures it."""
     return float(cell.get("train_examples", 0)) + float(grid.get("test_examples", 0))
+
+
+def learned_cells(grid: dict) -> list[dict]:
+    """The bit-packed cells of learned units (the compile's candidates)."""
+    return [cell for cell in bitpacked_cells(grid) if cell.get("method", "learned") == "learned"]
 
 
 def bitpacked_cells(grid: dict) -> list[dict]:
@@ -309,8 +316,9 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         "latency_setting": setting.as_dict(),
         "trained": [{"cut": c["cut"], "codec": c["codec"], "method": c.get("method", "learned")} for c in used],
         "baselines": baselines,
-        "curves": {
-            cut: [(c["compression_ratio"], predicted[(c["cut"], c["codec"])]) for c in cells if c["cut"] == cut]
+        "curves": {  # per learned cell: ratio, measured, predicted, sigma (0 where trained), codec
+            cut: [(c["compression_ratio"], c["accuracy"], predicted[(c["cut"], c["codec"])],
+                   stds[(c["cut"], c["codec"])], c["codec"]) for c in learned_cells(grid) if c["cut"] == cut]
             for cut in cuts
         },
         "predictor": result.predictor.to_json(),

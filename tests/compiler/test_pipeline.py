@@ -347,3 +347,30 @@ def test_a_budget_larger_than_the_space_is_refused_before_training(compiled, use
                                                  r"budget 100000 is larger than the \d+ cells .* allowed: 1\.\.\d+"):
         compile_bundle(_settings_for(user_project, budget=100_000), out, log=lambda line: None)
     assert not out.exists()  # nothing written where the bundle goes
+
+
+def test_finals_at_the_sampling_settings_reuse_the_sampled_training(user_project, monkeypatch):
+    """A chosen variant that was sampled at the same epochs (and seed) is that same training:
+    its final is copied, not trained again, and the copy is the one that ships."""
+    from splitpack.compiler import pipeline
+
+    trained: list[str] = []
+    real = pipeline.measure_cell
+
+    def counting(model, features, codec, *args, **kwargs):
+        trained.append(codec.name)
+        return real(model, features, codec, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "measure_cell", counting)
+    lines: list[str] = []
+    result = pipeline.compile_bundle(_settings_for(user_project, final_epochs=3), user_project / "reuse",
+                                     log=lines.append)
+    work = Path(result["work"])
+    reused = [p.stem for p in (work / "final").glob("*.json") if (work / "cells" / p.name).exists()]
+    assert reused, "no chosen variant was among the sampled cells"
+    for vid in reused:
+        final = json.loads((work / "final" / f"{vid}.json").read_text())
+        assert final == json.loads((work / "cells" / f"{vid}.json").read_text())
+        assert (work / "final" / vid / "tail.onnx").read_bytes() == (work / "cells" / vid / "tail.onnx").read_bytes()
+    assert sum("trained while sampling" in line for line in lines) == len(reused)
+    assert len(trained) == 6 + len(list((work / "final").glob("*.json"))) - len(reused)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -136,3 +137,29 @@ def test_bad_grids(edit, message):
     edit(grid)
     with pytest.raises(InvalidConfigError, match=message):
         validate_grid(grid, 12)
+
+
+def test_bench_predictor_cli_writes_the_report_and_the_per_cut_plot(tmp_path, capsys):
+    from splitpack.cli import main
+
+    grid_path = tmp_path / "grid.json"
+    grid = _grid([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0])
+    grid["test_examples"] = 500
+    grid_path.write_text(json.dumps(grid))
+    out, plot = tmp_path / "pred.json", tmp_path / "pred.png"
+    assert main(["bench", "predictor", "--grid", str(grid_path), "--budget", "20", "--out", str(out),
+                 "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    assert plot.stat().st_size > 10_000
+    # each cell costs its training plus one evaluation of the test set, in the ratio too
+    assert report["cost_examples"] == 20 * (1000 + 500)
+    assert report["cost_ratio"] == pytest.approx(480 / 20)
+    assert report["cost_ratio_grid"] == pytest.approx(96 / 20)
+    assert 0.0 <= report["within_one_sigma"] <= 1.0
+    assert report["plan_settings"] == 25 * 5  # 25 bandwidths x 5 device slowdowns
+    assert set(report["curves"]) == {f"cut{j}" for j in range(8)}
+    assert "against the measured grid" in capsys.readouterr().out
+    written = out.read_bytes()
+    assert main(["bench", "predictor", "--grid", str(grid_path), "--out", str(out), "--device-slowdowns", "0,3"]) == 2
+    assert "--device-slowdowns '0,3' is malformed" in capsys.readouterr().err
+    assert out.read_bytes() == written
