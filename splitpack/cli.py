@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from splitpack.errors import InternalError, InvalidConfigError, SplitpackError, UnsupportedCutError
+from splitpack.quiet import quiet_third_party
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -339,12 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_runtime_commands(bench)
     add_bench_serve_command(bench)
     add_runtime_commands(commands)
+    _add_verbose(parser)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default=False) -> None:
+    """``--verbose`` on the top-level parser and on every sub-command, so that it may follow the
+    command name; a sub-command's flag leaves the top-level value alone unless given."""
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="also show third-party libraries' warnings and log lines")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_verbose(command, argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``splitpack`` console script."""
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)  # before a handler imports torch or LiteRT
     try:
         return args.handler(args)
     except InternalError as exc:

@@ -231,7 +231,8 @@ def _expand(x, shape):
 
 
 def _constant_of_shape(shape, *, value=None):
-    fill = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    # to_array may view the proto's bytes read-only; torch.from_numpy warns on such an array
+    fill = numpy_helper.to_array(value).copy() if value is not None else np.zeros(1, np.float32)
     return torch.full(_ints(shape), fill.reshape(-1)[0].item(), dtype=torch.from_numpy(fill).dtype)
 
 

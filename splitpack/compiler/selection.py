@@ -6,7 +6,8 @@ trained at final settings may measure below the floor), so:
 
 1. :func:`choose_variant_set` picks up to K split variants from the predicted profiles (each
    cell's accuracy taken as predicted minus one standard deviation), padded to K when fewer
-   already reach zero regret (:func:`pad_variants`);
+   already reach zero regret (:func:`pad_variants`), with at least two cut tensors where two
+   have feasible variants (:func:`spread_over_cuts`);
 2. each is trained at the final settings; one that meets the floor is kept, one that does not
    is dropped with its measured and predicted accuracy;
 3. if any were dropped, the predictor observes every final measurement and one replacement
@@ -33,7 +34,7 @@ from splitpack.predictors.selector import Constraints
 from splitpack.predictors.variant_set import OperatingRange, choose_variant_set
 
 __all__ = ["DroppedVariant", "Selection", "cell_features", "candidate_profiles", "pad_variants",
-           "select_variants", "MAX_REPLACEMENT_ROUNDS"]
+           "spread_over_cuts", "select_variants", "MAX_REPLACEMENT_ROUNDS"]
 
 MAX_REPLACEMENT_ROUNDS = 1
 _FLOOR_TOLERANCE = 1e-9
@@ -149,6 +150,39 @@ def pad_variants(chosen: list[str], profiles: Sequence[VariantProfile], constrai
     return chosen
 
 
+def spread_over_cuts(chosen: list[str], profiles: Sequence[VariantProfile], constraints: Constraints,
+                     operating_range: OperatingRange, tensor_bytes: dict[str, float]) -> list[str]:
+    """When every chosen split variant carries one tensor (one cut, or cuts such as ``pool`` and
+    ``flatten`` that carry the same values) and a feasible variant exists at a cut with another
+    tensor, the last of them gives way to the best such variant at the heaviest device load of
+    the range. Variants of one tensor differ only in bytes, so such a set cannot follow the
+    device's load (the runtime moves work between the device and the edge by changing cut); at
+    the range's own conditions the set loses at most what that one variant added.
+    ``tensor_bytes`` maps each cut label to its tensor's float32 bytes."""
+    by_id = {p.id: p for p in profiles}
+
+    def tensor(p: VariantProfile) -> float:
+        return tensor_bytes[p.cut]
+
+    if len(chosen) < 2:
+        return chosen
+    size = tensor(by_id[chosen[0]])
+    if any(abs(tensor(by_id[vid]) - size) > 0.1 * size for vid in chosen):
+        return chosen
+    others = [p for p in profiles if p.kind == "split" and abs(tensor(p) - size) > 0.1 * size
+              and p.accuracy >= constraints.min_accuracy - _FLOOR_TOLERANCE]
+    if not others:
+        return chosen
+    heavy = OperatingRange(bandwidths_mbps=operating_range.bandwidths_mbps,
+                           device_loads=(max(operating_range.device_loads),),
+                           edge_loads=(min(operating_range.edge_loads),), downlink_mbps=operating_range.downlink_mbps,
+                           rtt_ms=operating_range.rtt_ms, device_slowdown=operating_range.device_slowdown,
+                           edge_slowdown=operating_range.edge_slowdown)
+    latency = latency_matrix(ProfileArrays.from_profiles(others), heavy.condition_arrays())
+    best = others[int(np.argmin(latency.reshape(-1, len(others)).mean(axis=0)))]
+    return chosen[:-1] + [best.id]
+
+
 def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPredictor,
                     profiles_for: Callable[[Sequence[Prediction]], list[VariantProfile]],
                     constraints: Constraints, operating_range: OperatingRange, k: int,
@@ -176,7 +210,9 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
     profiles = profiles_for(predictions)
     predicted_of = _predicted_by_id(profiles, predictions)
     first = choose_variant_set(profiles, constraints, operating_range, k)
-    queue = pad_variants(list(first.variant_ids), profiles, constraints, operating_range, k)
+    tensor_bytes = {c.cut: c.code_bytes * c.compression_ratio for c in candidates}
+    queue = spread_over_cuts(pad_variants(list(first.variant_ids), profiles, constraints, operating_range, k),
+                             profiles, constraints, operating_range, tensor_bytes)
     if not queue:
         log("    no split variant is predicted to meet the floor: the bundle carries local and edge only")
     by_id = {p.id: p for p in profiles}
@@ -210,7 +246,8 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
         by_id = {p.id: p for p in profiles}
         last = choose_variant_set(profiles, constraints, operating_range, len(kept) + open_slots)
         wanted = kept + [vid for vid in last.variant_ids if vid not in kept][:open_slots]
-        queue = pad_variants(wanted, profiles, constraints, operating_range, len(kept) + open_slots)[len(kept):]
+        wanted = pad_variants(wanted, profiles, constraints, operating_range, len(kept) + open_slots)
+        queue = spread_over_cuts(wanted, profiles, constraints, operating_range, tensor_bytes)[len(kept):]
         if not queue:
             break
         log(f"    replacing {open_slots} variant(s) once: {', '.join(queue)}")

@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from splitpack.errors import InvalidModelError, SplitpackError
+from splitpack.quiet import capture_native_stderr
 
 __all__ = ["TfliteArtifact", "TfliteCheck", "TfliteConversionError", "export_tflite", "run_tflite",
            "compare_tflite"]
@@ -204,8 +205,10 @@ def compare_tflite(head: onnx.ModelProto, artifact: TfliteArtifact, x: np.ndarra
 
 def _convert(head: onnx.ModelProto, input_name: str, sample: np.ndarray) -> bytes:
     """ONNX → torch → LiteRT flatbuffer bytes; converter failures become TfliteConversionError."""
-    import litert_torch
     import torch
+
+    with capture_native_stderr():  # torchao and the MLIR converter log from C++ when loaded
+        import litert_torch
 
     from splitpack.compiler.onnx_torch import to_torch
 
@@ -217,7 +220,8 @@ def _convert(head: onnx.ModelProto, input_name: str, sample: np.ndarray) -> byte
         stage = "convert the head to torch"
         module = _specialize_constants(to_torch(frozen), sample)
         stage = "convert the head to LiteRT (litert-torch)"
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # a progress tree
+        # a progress tree on stdout; absl's "I0000 ... flatbuffer_export.cc" lines on fd 2
+        with contextlib.redirect_stdout(io.StringIO()), capture_native_stderr(), torch.no_grad():
             return litert_torch.convert(module, (torch.from_numpy(sample),)).model_content()
     except TfliteConversionError:
         raise
@@ -323,8 +327,9 @@ def _specialize_constants(module, sample: np.ndarray):
 def _interpreter(data: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=data)
-    interpreter.allocate_tensors()
+    with capture_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_content=data)
+        interpreter.allocate_tensors()
     return interpreter
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
 from splitpack.packaging.bundle import Bundle
 from splitpack.packaging.manifest import Manifest, Preprocessing, Variant
+from splitpack.quiet import capture_native_stderr
 from splitpack.runtimes.entropy import EntropyTables, channel_axis, load_tables
 from splitpack.runtimes.wire import encode_payload, message_bytes
 
@@ -385,8 +386,9 @@ class LiteRtBackend:
         check_threads(threads)
         model, self.source = _read_model(path_or_bytes)
         try:
-            self._interpreter = Interpreter(model_content=model, num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with capture_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self._interpreter = Interpreter(model_content=model, num_threads=threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InvalidBundleError(f"{self.source}: LiteRT cannot load it ({exc}); "
                                      "recompile the bundle") from exc

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from splitpack.compiler.export import check_onnx, export_onnx
 from splitpack.compiler.onnx_torch import to_torch
@@ -61,3 +64,18 @@ def test_unsupported_operator_is_named():
     """)
     with pytest.raises(UnsupportedCutError, match=r"ONNX operators Shrink cannot run.*supported: Abs, Add"):
         to_torch(model)
+
+
+def test_constant_of_shape_reads_its_value_without_a_warning():
+    """A ``value`` stored as raw bytes is a read-only array; torch warns on one unless it is copied."""
+    value = numpy_helper.from_array(np.array([1.5], np.float32))  # raw_data, as exporters write it
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"]),
+         helper.make_node("ConstantOfShape", ["shape"], ["fill"], value=value),
+         helper.make_node("Add", ["x", "fill"], ["y"])],
+        "fill", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = check_onnx(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _compare(model, {"x": np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -237,6 +239,19 @@ def test_verify_cli_reports_a_tampered_file(compiled, tmp_path, capsys):
     assert path in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_verify_cli_writes_nothing_to_stderr(compiled):
+    """A fresh process, so LiteRT's once-per-process "INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." would show; --verbose lets it through."""
+    command = [sys.executable, "-m", "splitpack", "verify", str(compiled)]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "verified" in quiet.stdout, quiet.stderr
+    assert quiet.stderr == ""
+    verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and "verified" in verbose.stdout
+    assert "XNNPACK" in verbose.stderr
+
+
 @pytest.mark.parametrize(
     "config, message",
     [
@@ -350,27 +365,30 @@ def test_a_budget_larger_than_the_space_is_refused_before_training(compiled, use
 
 
 def test_finals_at_the_sampling_settings_reuse_the_sampled_training(user_project, monkeypatch):
-    """A chosen variant that was sampled at the same epochs (and seed) is that same training:
-    its final is copied, not trained again, and the copy is the one that ships."""
+    """A final variant that was sampled at the same epochs (and seed) is that same training:
+    its final is copied, not trained again; at other epochs it is trained."""
     from splitpack.compiler import pipeline
 
-    trained: list[str] = []
-    real = pipeline.measure_cell
-
-    def counting(model, features, codec, *args, **kwargs):
-        trained.append(codec.name)
-        return real(model, features, codec, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "measure_cell", counting)
+    settings = _settings_for(user_project, final_epochs=3)
+    result = pipeline.compile_bundle(settings, user_project / "reuse", log=lambda line: None)
+    work = pipeline._Work(Path(result["work"]))
+    loaded, dataset = pipeline.load_inputs(settings, work)
+    cuts = pipeline.find_model_cuts(settings, loaded.onnx_model, loaded.input_shape)
     lines: list[str] = []
-    result = pipeline.compile_bundle(_settings_for(user_project, final_epochs=3), user_project / "reuse",
-                                     log=lines.append)
-    work = Path(result["work"])
-    reused = [p.stem for p in (work / "final").glob("*.json") if (work / "cells" / p.name).exists()]
-    assert reused, "no chosen variant was among the sampled cells"
-    for vid in reused:
-        final = json.loads((work / "final" / f"{vid}.json").read_text())
-        assert final == json.loads((work / "cells" / f"{vid}.json").read_text())
-        assert (work / "final" / vid / "tail.onnx").read_bytes() == (work / "cells" / vid / "tail.onnx").read_bytes()
-    assert sum("trained while sampling" in line for line in lines) == len(reused)
-    assert len(trained) == 6 + len(list((work / "final").glob("*.json"))) - len(reused)
+    trainer = pipeline._Trainer(loaded.onnx_model, cuts, dataset, work, settings, lines.append)
+    sampled = [p for p in (work.root / "cells").glob("*.json") if not (work.root / "final" / p.name).exists()]
+    assert len(sampled) >= 2
+    cell = json.loads(sampled[0].read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a sampled cell was trained again")
+
+    monkeypatch.setattr(pipeline, "measure_cell", no_training)
+    final = trainer.cell(cell["cut"], cell["codec"], epochs=3, keep_artifacts=True)
+    vid = sampled[0].stem
+    assert final == cell
+    assert (work.root / "final" / vid / "tail.onnx").read_bytes() == (work.root / "cells" / vid / "tail.onnx").read_bytes()
+    assert any("trained while sampling" in line for line in lines)
+    other = json.loads(sampled[1].read_text())
+    with pytest.raises(AssertionError, match="trained again"):  # at other epochs: a training of its own
+        trainer.cell(other["cut"], other["codec"], epochs=4, keep_artifacts=True)

@@ -4,6 +4,7 @@ replaced once, and the result may hold fewer variants than asked for, or none.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -111,3 +112,31 @@ def test_selection_round_trips_through_json():
 def test_never_more_than_k_variants(k):
     selection, trained, _ = run({c.cut: 89.9 for c in CELLS}, {c.cut: 89.5 for c in CELLS}, k=k)
     assert len(selection.chosen) <= k and len(trained) <= 2 * k
+
+
+def test_a_set_at_one_cut_gives_its_last_slot_to_another_cut():
+    from splitpack.compiler.selection import spread_over_cuts
+
+    # two codecs at cut0 (the cheapest bytes) and one at cut3: the set at one cut gives way
+    profiles = profiles_for([Prediction(BASELINE, 0.1)] * len(CELLS))
+    same = [p for p in profiles if p.kind == "split"][:1]
+    twin = VariantProfile("cut00-c2s1b8", "split", same[0].head_ms, 0, 0, 1.0, same[0].payload_bytes / 2, 40,
+                          BASELINE, 0, cut="cut0", compression_ratio=8.0)
+    profiles = profiles + [twin]
+    constraints = Constraints(baseline_accuracy=BASELINE, max_accuracy_drop=1.0)
+    sizes = {c.cut: 16000.0 / 2**i for i, c in enumerate(CELLS)}  # each cut its own tensor
+    chosen = spread_over_cuts([same[0].id, twin.id], profiles, constraints, OperatingRange(), sizes)
+    by_id = {p.id: p for p in profiles}
+    assert chosen[0] == same[0].id and len({by_id[v].cut for v in chosen}) == 2
+    # nothing feasible elsewhere: unchanged
+    below = [replace(p, accuracy=0.0) if p.kind == "split" and p.cut != "cut0" else p for p in profiles]
+    assert spread_over_cuts([same[0].id, twin.id], below, constraints, OperatingRange(), sizes) == [same[0].id, twin.id]
+    # already two cuts: unchanged
+    two = [same[0].id, by_id["cut03-c4s1b8"].id]
+    assert spread_over_cuts(two, profiles, constraints, OperatingRange(), sizes) == two
+    # two labels that carry one tensor (pool and flatten) count as one
+    pool_like = VariantProfile("cut09-c4s1b8", "split", same[0].head_ms, 0, 0, 1.0, 90, 40, BASELINE, 0,
+                               cut="cut9", compression_ratio=4.0)
+    spread = spread_over_cuts([same[0].id, pool_like.id], profiles + [pool_like], constraints, OperatingRange(),
+                              {**sizes, "cut9": sizes["cut0"]})
+    assert spread[0] == same[0].id and by_id.get(spread[1], pool_like).cut not in ("cut0", "cut9")

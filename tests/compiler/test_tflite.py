@@ -266,6 +266,15 @@ def test_run_tflite_runs_a_dynamic_batch_at_once():
     np.testing.assert_allclose(run_tflite(data, inputs), expected, rtol=0, atol=FLOAT_ATOL)
 
 
+def test_conversion_and_interpreter_write_nothing_to_stderr(capfd):
+    """absl's "I0000 ... flatbuffer_export.cc" lines and LiteRT's delegate line are captured."""
+    sample = _inputs("classifier")
+    capfd.readouterr()
+    artifact = export_tflite(_build("classifier"), sample)
+    run_tflite(artifact.data, sample)
+    assert capfd.readouterr().err == ""
+
+
 def test_device_side_needs_no_torch(converted, tmp_path):
     """Importing the module and running a head (what a device does) loads no torch."""
     _, artifact = converted["quantizer"]
