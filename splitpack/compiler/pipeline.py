@@ -20,7 +20,8 @@ through the model stays within ``max_accuracy_drop`` of the lossless upload, on 
 Every step keeps its result in the work folder (``<out>.work/<training settings hash>/``),
 keyed by every setting it reads: trained cells and final variants by the training settings
 (the folder), the profile by the model, the selection also by ``variants``,
-``max_accuracy_drop``, ``bandwidth`` and ``device_slowdown`` (``selection-<hash>.json``). A run
+``max_accuracy_drop``, ``bandwidth``, ``device_slowdown`` and the source of the code that makes it
+(``selection-<hash>.json``). A run
 interrupted midway resumes without retraining what is finished. A failing step raises the same
 error type with the step and the model named.
 """
@@ -180,9 +181,22 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
     return sample_and_fit(candidates, settings.budget, measured, baseline, tolerance=settings.max_accuracy_drop)
 
 
+# The code that turns trained cells into a selection: a cached selection made by other code is
+# made anew (its trained cells and finals are kept; they are keyed by the training settings).
+_SELECTION_CODE = ("splitpack.compiler.selection", "splitpack.predictors.accuracy", "splitpack.predictors.sampling",
+                   "splitpack.predictors.variant_set", "splitpack.predictors.latency")
+
+
 def selection_key(settings: CompileSettings) -> str:
-    """What the selection reads besides the training settings (the work folder's name)."""
+    """What the selection reads besides the training settings (the work folder's name): the
+    settings it reads and the source of the code that makes it."""
+    import importlib
+
     read = {name: getattr(settings, name) for name in ("variants", "max_accuracy_drop", "bandwidth", "device_slowdown")}
+    code = hashlib.sha256()
+    for name in _SELECTION_CODE:
+        code.update(Path(importlib.import_module(name).__file__).read_bytes())
+    read["code"] = code.hexdigest()
     return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -392,3 +392,17 @@ def test_finals_at_the_sampling_settings_reuse_the_sampled_training(user_project
     other = json.loads(sampled[1].read_text())
     with pytest.raises(AssertionError, match="trained again"):  # at other epochs: a training of its own
         trainer.cell(other["cut"], other["codec"], epochs=4, keep_artifacts=True)
+
+
+def test_the_selection_key_changes_with_the_code_that_makes_the_selection(user_project, monkeypatch):
+    from splitpack.compiler import pipeline
+
+    settings = _settings_for(user_project)
+    before = pipeline.selection_key(settings)
+    assert pipeline.selection_key(settings) == before
+    edited = user_project / "edited_selection.py"
+    edited.write_text("# another selection\\n")
+    import splitpack.compiler.selection as selection
+
+    monkeypatch.setattr(selection, "__file__", str(edited))
+    assert pipeline.selection_key(settings) != before
