@@ -160,24 +160,17 @@ def spread_over_cuts(chosen: list[str], profiles: Sequence[VariantProfile], cons
     the range's own conditions the set loses at most what that one variant added.
     ``tensor_bytes`` maps each cut label to its tensor's float32 bytes."""
     by_id = {p.id: p for p in profiles}
-
-    def tensor(p: VariantProfile) -> float:
-        return tensor_bytes[p.cut]
-
     if len(chosen) < 2:
         return chosen
-    size = tensor(by_id[chosen[0]])
-    if any(abs(tensor(by_id[vid]) - size) > 0.1 * size for vid in chosen):
+    size = tensor_bytes[by_id[chosen[0]].cut]
+    if any(abs(tensor_bytes[by_id[vid].cut] - size) > 0.1 * size for vid in chosen):
         return chosen
-    others = [p for p in profiles if p.kind == "split" and abs(tensor(p) - size) > 0.1 * size
+    others = [p for p in profiles if p.kind == "split" and abs(tensor_bytes[p.cut] - size) > 0.1 * size
               and p.accuracy >= constraints.min_accuracy - _FLOOR_TOLERANCE]
     if not others:
         return chosen
-    heavy = OperatingRange(bandwidths_mbps=operating_range.bandwidths_mbps,
-                           device_loads=(max(operating_range.device_loads),),
-                           edge_loads=(min(operating_range.edge_loads),), downlink_mbps=operating_range.downlink_mbps,
-                           rtt_ms=operating_range.rtt_ms, device_slowdown=operating_range.device_slowdown,
-                           edge_slowdown=operating_range.edge_slowdown)
+    heavy = replace(operating_range, device_loads=(max(operating_range.device_loads),),
+                    edge_loads=(min(operating_range.edge_loads),))
     latency = latency_matrix(ProfileArrays.from_profiles(others), heavy.condition_arrays())
     best = others[int(np.argmin(latency.reshape(-1, len(others)).mean(axis=0)))]
     return chosen[:-1] + [best.id]

@@ -67,7 +67,6 @@ Saved as JSON (observations, fitted parameters and scale), never pickle.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,10 +128,6 @@ class CellFeatures:
     channel_fraction: float | None = None
     stride: int = 1
     calibrated: bool = False
-
-    @property
-    def u(self) -> float:
-        return math.log2(max(self.code_bytes, 1e-9))
 
     @property
     def fraction(self) -> float:
@@ -205,8 +200,10 @@ def _fit(baseline: float, observations: list[dict], positions: dict[str, float],
     from scipy.optimize import least_squares
 
     cuts = sorted({o["cut"] for o in observations}, key=lambda c: positions[c])
-    n, m = len({o["cut"] for o in observations}), len(_SHARED)
+    n, m = len(cuts), len(_SHARED)
     design = _Design(observations, cuts)
+    # every channel at 8 bits and stride 1, at each cut: the lossless anchor
+    anchors = _Design([{"cut": c, "f": 1.0, "s": 1, "bits": 8, "calibrated": False} for c in cuts], cuts)
     accuracy = np.array([o["accuracy"] for o in observations], dtype=float)
     position = np.array([positions[c] for c in cuts], dtype=float)
     means = np.array([_PRIORS[k][0] for k in _SHARED])
@@ -221,8 +218,7 @@ def _fit(baseline: float, observations: list[dict], positions: dict[str, float],
         shared, offsets, steeps = unpack(p)
         floor = shared["floor"] * baseline
         predicted = floor + (baseline - floor) * _sigmoid(_z(shared, offsets, steeps, design))
-        k = np.exp(steeps)
-        lossless = floor + (baseline - floor) * _sigmoid(offsets - k * shared["alpha_full"] * _bits_noise(8.0))
+        lossless = floor + (baseline - floor) * _sigmoid(_z(shared, offsets, steeps, anchors))
         return np.r_[
             (predicted - accuracy) / _DATA_SIGMA,
             (lossless - baseline) / _ANCHOR_SIGMA,

@@ -244,7 +244,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     report = _score(grid, "transfer", predicted, trained, cost, stds=stds, **score)
 
     # -- baselines at the same cost: as many learned cells as the transfer's examples pay for ----
-    learned = [c for c in cells if c.get("method") != "calibrated"]
+    learned = learned_cells(grid)
     mean_learned_cost = float(np.mean([cell_cost(c, grid) for c in learned]))
     equal = min(len(learned) // 2, max(budget, int(round(cost / mean_learned_cost))))
     rng = np.random.default_rng(seed)
@@ -290,9 +290,8 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         keys = {(c["cut"], c["codec"]) for c in chosen}
         baselines.append(_score(grid, name, guess, keys, float(sum(cell_cost(c, grid) for c in chosen)), **score))
 
-    mean_cost = mean_learned_cost
     space_cells = int(grid["space"]["cells"])
-    whole_cost = space_cells * mean_cost
+    whole_cost = space_cells * mean_learned_cost
     grid_cost = float(sum(cell_cost(c, grid) for c in cells))
     return {
         **report,
@@ -306,7 +305,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         "space_cost_estimated": len(cells) < space_cells,
         "space_cost_note": (
             f"the grid measured {len(cells)} of the {space_cells} cells of the space; the whole space's cost is "
-            f"{space_cells} x the mean trained cell's cost ({mean_cost:.0f} examples: training and its evaluation)"
+            f"{space_cells} x the mean trained cell's cost ({mean_learned_cost:.0f} examples: training and its evaluation)"
             if len(cells) < space_cells else "the grid measured the whole space"
         ),
         "baseline_accuracy": baseline,
@@ -318,7 +317,7 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         "baselines": baselines,
         "curves": {  # per learned cell: ratio, measured, predicted, sigma (0 where trained), codec
             cut: [(c["compression_ratio"], c["accuracy"], predicted[(c["cut"], c["codec"])],
-                   stds[(c["cut"], c["codec"])], c["codec"]) for c in learned_cells(grid) if c["cut"] == cut]
+                   stds[(c["cut"], c["codec"])], c["codec"]) for c in learned if c["cut"] == cut]
             for cut in cuts
         },
         "predictor": result.predictor.to_json(),

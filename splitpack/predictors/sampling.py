@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy.special import ndtr
 
 from splitpack.errors import InvalidConfigError
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor
@@ -63,10 +64,6 @@ def _message_gain(cell: CellFeatures) -> float:
     buys no latency."""
     full = cell.code_bytes * cell.compression_ratio / 4
     return max(math.log2((full + MESSAGE_HEADER_BYTES) / (cell.code_bytes + MESSAGE_HEADER_BYTES)), 0.05)
-
-
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
 def sample_and_fit(
@@ -110,6 +107,14 @@ def sample_and_fit(
     for cell in learned:
         by_cut.setdefault(cell.cut, []).append(cell)
     sampled_positions: list[float] = []
+
+    def measure(pick: CellFeatures) -> None:
+        accuracy = train(pick)
+        trained[_key(pick)] = accuracy
+        order.append(pick)
+        counts[pick.cut] = counts.get(pick.cut, 0) + 1
+        predictor.observe(pick, accuracy, refit=False)
+
     for _ in range(min(len(by_cut), int(math.ceil(budget * _FLOOR_SHARE)))):
         # where each cut's accuracy ends up: its most compressed cell, at the cut farthest (in
         # depth) from the ones already probed; these fit the steepness and its depth trend
@@ -117,28 +122,20 @@ def sample_and_fit(
             (abs(by_cut[c][0].cut_position - p) for p in sampled_positions), default=abs(by_cut[c][0].cut_position - 0.5) + 1))
         pick = min(by_cut[cut], key=lambda c: (c.code_bytes, c.bits))
         sampled_positions.append(pick.cut_position)
-        accuracy = train(pick)
-        trained[_key(pick)] = accuracy
-        order.append(pick)
-        counts[pick.cut] = 1
-        predictor.observe(pick, accuracy, refit=False)
+        measure(pick)
     predictor.refit(calibrate=False)
     while len(order) < budget:
         open_cells = [c for c in learned if _key(c) not in trained]
         predictions = predictor.predict(open_cells)
         mean = np.array([p.accuracy for p in predictions])
         std = np.array([p.std for p in predictions])
-        p = _normal_cdf((mean - floor) / std)
+        p = ndtr((mean - floor) / std)
         spread = np.array([1 + counts.get(c.cut, 0) for c in open_cells], dtype=float)
         score = p * (1 - p) * np.array([_message_gain(c) for c in open_cells]) / spread
         undecided = (p >= _FAR) & (p <= 1 - _FAR)
         if undecided.any():
             score = np.where(undecided, score, -np.inf)
-        pick = open_cells[int(np.argmax(score))]
-        accuracy = train(pick)
-        trained[_key(pick)] = accuracy
-        order.append(pick)
-        counts[pick.cut] = counts.get(pick.cut, 0) + 1
-        predictor.observe(pick, accuracy, refit=False).refit(calibrate=False)
+        measure(open_cells[int(np.argmax(score))])
+        predictor.refit(calibrate=False)
     predictor.refit()  # and the σ scale, by leave-one-out
     return SamplingResult(predictor=predictor, trained=trained, order=order, free=free)
