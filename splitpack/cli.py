@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from splitpack.errors import InternalError, InvalidConfigError, SplitpackError, UnsupportedCutError
-from splitpack.quiet import quiet_third_party
+from splitpack.quiet import quiet_third_party, show_project_messages
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``splitpack`` console script."""
     args = build_parser().parse_args(argv)
     quiet_third_party(args.verbose)  # before a handler imports torch or LiteRT
+    show_project_messages(args.verbose)
     try:
         return args.handler(args)
     except InternalError as exc:

@@ -45,7 +45,7 @@ def _cmd_compile(args) -> int:
     }
     settings = load_settings(args.config, overrides)
     result = compile_bundle(settings, Path(args.out))
-    _print_inspect(Path(args.out))
+    print_inspect(Path(args.out))
     print(f"bundle {result['bundle']} (archive {result['archive']}); step seconds: {result['step_seconds']}")
     return 0
 
@@ -70,7 +70,8 @@ def inspect_rows(manifest) -> list[list]:
     return rows
 
 
-def _print_inspect(path: Path) -> None:
+def print_inspect(path: Path) -> None:
+    """Print a bundle's id, model, baseline and variant table (as ``splitpack inspect``)."""
     from splitpack.cli import format_table
     from splitpack.packaging.bundle import read_bundle
 
@@ -83,7 +84,7 @@ def _cmd_inspect(args) -> int:
     from splitpack.packaging.bundle import read_bundle
 
     if not args.json:
-        _print_inspect(Path(args.bundle))
+        print_inspect(Path(args.bundle))
         return 0
     manifest = read_bundle(args.bundle).manifest
     print(json.dumps({
@@ -135,7 +136,8 @@ def _cmd_bench_selector(args) -> int:
 def _cmd_demo(args) -> int:
     from splitpack.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick)
+    run_demo(Path(args.out), data=args.data, quick=args.quick, port=args.port,
+             device_slowdown=args.device_slowdown)
     return 0
 
 
@@ -181,9 +183,15 @@ def add_bundle_commands(commands, bench) -> None:
     profile.add_argument("--out", required=True)
     profile.set_defaults(handler=_cmd_profile)
 
-    demo = commands.add_parser("demo", help="train the digits model, compile it, show the bundle and plots")
-    demo.add_argument("--out", default="demo-out")
-    demo.add_argument("--quick", action="store_true", help="a smoke run: fewer cells and epochs, no TFLite")
+    demo = commands.add_parser("demo", help="train the scenes model, compile it, run it live against an "
+                                            "edge server on loopback, show the tables and plots")
+    demo.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    demo.add_argument("--data", default="scenes", help="scenes (the default: 64x64 photo patches) or digits")
+    demo.add_argument("--port", type=int, default=0, help="the edge server's loopback port (default: a free one)")
+    demo.add_argument("--device-slowdown", type=float, default=30.0,
+                      help="the device is F times slower than this host (default 30)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run: fewer cells and epochs, no TFLite, "
+                                                          "a 6 s session")
     demo.set_defaults(handler=_cmd_demo)
 
     selector = bench.add_parser("selector", help="decision time, coverage regret and latency per bandwidth")

@@ -1,4 +1,5 @@
-"""Data set specs (``digits``, ``npz:PATH``, ``imagefolder:PATH``) loaded into a :class:`Dataset`.
+"""Data set specs (``digits``, ``scenes``, ``npz:PATH``, ``imagefolder:PATH``) loaded into a
+:class:`Dataset`.
 
 Every data set is held normalized: ``x`` is float32 NCHW with, per channel c,
 ``x = (u8 / 255 - mean[c]) / std[c]``, where ``u8`` is the 0..255 pixel a camera gives a device.
@@ -18,9 +19,12 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
 
-__all__ = ["Dataset", "load_dataset", "check_fits_model"]
+__all__ = ["Dataset", "load_dataset", "check_fits_model", "scene_patches", "SCENES_SIZES"]
 
-SPEC_FORMS = "'digits', 'npz:PATH', 'imagefolder:PATH'"
+SPEC_FORMS = "'digits', 'scenes', 'npz:PATH', 'imagefolder:PATH'"
+SCENES_GRID = 4  # regions per side of each photograph: 2 x 4 x 4 = 32 classes
+SCENES_PATCH = 64
+SCENES_SIZES = (4096, 512)  # train and test patches
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,14 +111,17 @@ def load_dataset(
 
     Args:
         spec: ``digits`` (scikit-learn's bundled 8x8 digits, pixels 0..16 scaled to [0, 1],
-            10 classes, stratified 75/25 split seeded by ``seed``); ``npz:PATH`` (arrays
+            10 classes, stratified 75/25 split seeded by ``seed``); ``scenes`` (4,096 train and
+            512 test 64x64 RGB patches of scikit-learn's two bundled photographs, 32 classes,
+            drawn with ``seed``: see :func:`scene_patches`); ``npz:PATH`` (arrays
             ``x_train, y_train, x_test, y_test``; x uint8 (divided by 255) or float; NCHW, or
             NHWC when the last dim is 1 or 3 and dim 1 is not, or (N, H, W) grayscale; labels
             integers >= 0); or ``imagefolder:PATH`` (``PATH/train/<class>/*.png|jpg|jpeg|bmp``
             and ``PATH/test/<class>/...``; classes are the sorted train sub-folder names; images
             are always converted to RGB).
-        image_size: square side images are resized to (bilinear); default 16 for digits (2x the native 8x8), 64
-            for imagefolder, and the stored size for npz (resized only when this is given).
+        image_size: square side images are resized to (bilinear); default 16 for digits (2x the
+            native 8x8), 64 for imagefolder and scenes, and the stored size for npz (resized
+            only when this is given).
         mean: per-channel mean of the normalization of [0, 1] pixels; default 0.5 per channel,
             ImageNet's for imagefolder. npz floats outside [0, 1] are taken as already
             normalized: their default is mean 0, std 1, and a given mean/std is recorded as
@@ -122,7 +129,8 @@ def load_dataset(
         std: per-channel std, > 0; defaults as for ``mean`` (0.5, ImageNet's, or 1).
         train_limit: keep only the first N training samples of a seeded shuffle.
         test_limit: keep only the first N test samples of a seeded shuffle.
-        seed: seed of the digits split and of the limit shuffles (an integer >= 0).
+        seed: seed of the digits split, of the scenes patches and of the limit shuffles (an
+            integer >= 0).
 
     Returns:
         The :class:`Dataset`; ``num_classes`` counts classes before limits are applied
@@ -137,6 +145,8 @@ def load_dataset(
     kind, _, location = str(spec).partition(":")
     if spec == "digits":
         return _load_digits(image_size or 16, mean, std, limits)
+    if spec == "scenes":
+        return _load_scenes(image_size, mean, std, limits)
     if kind == "npz" and location:
         return _load_npz(spec, Path(location).expanduser(), image_size, mean, std, limits)
     if kind == "imagefolder" and location:
@@ -236,6 +246,58 @@ def _load_digits(size: int, mean, std, limits) -> Dataset:
     x_test = _normalize(_resize(x_test[keep_test], size), mean, std)
     return Dataset("digits", x_train, y_train[keep_train], x_test, y_test[keep_test], 10,
                    (1, size, size), mean, std)
+
+
+def scene_patches(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random 64x64 patches of scikit-learn's two sample photographs and their labels.
+
+    Each photo (``china.jpg`` and ``flower.jpg``, 427x640) is divided into a 4x4 grid of regions,
+    one class each (32 classes): "which part of which scene is this patch from". Patch centres
+    are drawn uniformly inside their region, with a brightness gain in [0.8, 1.2], so
+    neighbouring classes overlap and test patches are new crops. Natural-image pixels compress
+    poorly (zlib keeps about 6.6 of 12.3 KB), as a camera frame would.
+
+    Args:
+        count: Patches to draw.
+        rng: The generator every draw comes from (labels, centres, gains, in that order).
+
+    Returns:
+        uint8 patches (count, 3, 64, 64) and int64 labels (count,).
+    """
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images  # two uint8 (427, 640, 3) arrays
+    regions = SCENES_GRID * SCENES_GRID
+    labels = rng.integers(0, 2 * regions, size=count)
+    patches = np.empty((count, 3, SCENES_PATCH, SCENES_PATCH), np.uint8)
+    half = SCENES_PATCH // 2
+    for index, label in enumerate(labels):
+        photo = photos[label // regions]
+        row, col = divmod(int(label) % regions, SCENES_GRID)
+        height, width = photo.shape[0] // SCENES_GRID, photo.shape[1] // SCENES_GRID
+        cy = rng.integers(max(row * height, half), min((row + 1) * height, photo.shape[0] - half))
+        cx = rng.integers(max(col * width, half), min((col + 1) * width, photo.shape[1] - half))
+        crop = photo[cy - half:cy + half, cx - half:cx + half].astype(np.float32)
+        crop *= rng.uniform(0.8, 1.2)
+        patches[index] = np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return patches, labels.astype(np.int64)
+
+
+def _load_scenes(size: int | None, mean, std, limits) -> Dataset:
+    train_limit, test_limit, seed = limits
+    mean = _channel_values("mean", mean, (0.5,) * 3, 3)
+    std = _channel_values("std", std, (0.5,) * 3, 3)
+    rng = np.random.default_rng(seed)
+    x_train, y_train = scene_patches(SCENES_SIZES[0], rng)
+    x_test, y_test = scene_patches(SCENES_SIZES[1], rng)
+    keep_train = _limited(len(x_train), train_limit, seed, 0)
+    keep_test = _limited(len(x_test), test_limit, seed, 1)
+    x_train = _normalize(x_train[keep_train] / np.float32(255.0), mean, std)
+    x_test = _normalize(x_test[keep_test] / np.float32(255.0), mean, std)
+    if size is not None:
+        x_train, x_test = _resize(x_train, size), _resize(x_test, size)
+    return Dataset("scenes", x_train, y_train[keep_train], x_test, y_test[keep_test],
+                   2 * SCENES_GRID * SCENES_GRID, tuple(x_train.shape[1:]), mean, std)
 
 
 def _read_npz(spec: str, path: Path) -> dict[str, np.ndarray]:

@@ -1,81 +1,397 @@
-"""``make demo`` / ``splitpack demo``: the main job on the embedded default.
+"""``make demo`` / ``splitpack demo``: compile a camera-sized model, then run it live.
 
-Trains the digits reference model (cached in the output folder), compiles it into
-``<out>/bundle``, prints the inspect table, and writes two plots: accuracy against compression
-ratio per cut (cells trained for the predictor, measured; every cell, predicted) and latency
-against uplink bandwidth per bundled variant.
+On the embedded default (``--data scenes``: 64x64 photo patches of scikit-learn's bundled
+photographs and ``scenes_cnn``, :mod:`splitpack.models.scenes`; nothing is downloaded):
+
+1. trains the reference model (cached in the output folder);
+2. compiles it into ``<out>/bundle`` for a device :data:`DEVICE_SLOWDOWN` times slower than this
+   host, at settings sized to run in a few minutes (:data:`CASES`);
+3. starts the bundle's edge server as a real process on loopback and replays a short synthetic
+   uplink schedule (:data:`SCHEDULE`: 20 -> 2 -> 0.3 -> 5 Mbit/s, made up to cross the regimes,
+   not measured) through :func:`~splitpack.runtimes.bench_runtime.run_runtime_benchmark`: the
+   adaptive device runtime, every split variant fixed, ``local`` and ``edge`` (the input
+   uploaded as the compile's JPEG/WebP choice) take turns round by round on the same schedule,
+   and the per-round best fixed method is the oracle;
+4. prints a table per method and per phase, writes ``session.png`` (bandwidth, chosen variant,
+   latency over time), ``accuracy_vs_bytes.png`` (every bundled variant and trained cell against
+   bytes per image, with the JPEG and WebP curves the edge upload was chosen from),
+   ``latency_vs_bandwidth.png`` (the selector's model of each variant) and ``demo.json``.
+
+``--data digits`` runs the same on the digits model (16x16 inputs: there every split loses).
+Every file is written to a temporary name and renamed, so a failed run leaves the previous
+results whole.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["run_demo"]
+from splitpack.errors import InvalidConfigError, InvalidDatasetError
 
-MODEL_SPEC = "splitpack.models:digits_cnn"
+__all__ = ["CASES", "DEVICE_SLOWDOWN", "SCHEDULE", "DemoCase", "run_demo", "phase_summary",
+           "demo_summary", "DEMO_FORMAT"]
+
+_LOG = logging.getLogger(__name__)
+DEMO_FORMAT = "splitpack-demo/1"
+DEVICE_SLOWDOWN = 30.0  # a board-class device: 30x slower than this host (stated in demo.json)
+SCHEDULE = ((20.0, 10.0), (2.0, 10.0), (0.3, 10.0), (5.0, 10.0))  # (Mbit/s, seconds), synthetic
+QUICK_PHASE_S = 1.5
+INTERVAL_S = 0.1  # a request every 100 ms (rounds start later when one takes longer)
 
 
-def run_demo(out: Path, *, quick: bool = False) -> dict:
-    """Run the demo into ``out``; ``quick`` trains fewer cells and epochs and skips TFLite.
+@dataclass(frozen=True)
+class DemoCase:
+    """One demo data set: its model, how to train it, and the compile settings it runs at."""
+
+    model: str
+    train: str  # "module:function" writing the weights, returning the test accuracy
+    epochs: int
+    quick_epochs: int
+    settings: dict = field(default_factory=dict)
+
+
+CASES = {
+    "scenes": DemoCase(
+        model="splitpack.models:scenes_cnn", train="splitpack.models.scenes:train_scenes_reference",
+        epochs=20, quick_epochs=1,
+        settings={"train_limit": 2048, "bandwidth": "0.3:20", "budget": 6, "epochs": 2,
+                  "final_epochs": 4, "variants": 3}),
+    "digits": DemoCase(
+        model="splitpack.models:digits_cnn", train="splitpack.models.digits:train_digits_reference",
+        epochs=6, quick_epochs=2, settings={"bandwidth": "0.3:20", "budget": 6, "variants": 3}),
+}
+QUICK_SETTINGS = {"budget": 2, "epochs": 1, "final_epochs": 1, "variants": 2, "tflite": False,
+                  "samples": 8, "max_accuracy_drop": 50.0, "train_limit": 256}
+
+
+def _check_out(out: Path) -> None:
+    """A folder the demo can write, or a typed error before anything is written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise InvalidConfigError(f"--out {str(out)!r}: cannot write there ({error.strerror or error}); "
+                                 "pass a folder you can write, e.g. --out ./demo-out") from None
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(temporary)
+    temporary.replace(path)
+
+
+def _schedule_file(path: Path, phase_s: float) -> list[dict]:
+    phases, rows, start = [], ["seconds,mbps"], 0.0
+    for mbps, _seconds in SCHEDULE:
+        phases.append({"mbps": mbps, "start_s": start, "end_s": start + phase_s})
+        rows.append(f"{start:g},{mbps:g}")
+        start += phase_s
+    rows.append(f"{start:g},{SCHEDULE[0][0]:g}")  # the period's end (the trace repeats)
+    _write_atomic(path, lambda p: p.write_text("\n".join(rows) + "\n"))
+    return phases
+
+
+def _train_reference(case: DemoCase, weights: Path, quick: bool) -> float | None:
+    if weights.exists():
+        _LOG.info("reference model: %s (cached; delete it to train again)", weights)
+        return None
+    import importlib
+
+    module, _, function = case.train.partition(":")
+    epochs = case.quick_epochs if quick else case.epochs
+    _LOG.info("training the reference model %s, %d epochs -> %s", case.model, epochs, weights)
+    accuracy = getattr(importlib.import_module(module), function)(weights.with_suffix(".tmp.pt"),
+                                                                   epochs=epochs)
+    weights.with_suffix(".tmp.pt").replace(weights)
+    _LOG.info("    test accuracy (torch) %.2f%%", accuracy)
+    return accuracy
+
+
+def run_demo(out: Path, *, data: str = "scenes", quick: bool = False, port: int = 0,
+             device_slowdown: float = DEVICE_SLOWDOWN) -> dict:
+    """Train, compile and run the demo into ``out``; see the module docstring.
+
+    Args:
+        out: The output folder (created).
+        data: A key of :data:`CASES`.
+        quick: A smoke run: one epoch, two sampled cells, no TFLite, a 6 s schedule.
+        port: The edge server's loopback port (0: a free one).
+        device_slowdown: How many times slower than this host the device is.
 
     Returns:
-        The compile result.
+        The summary written to ``out/demo.json`` (see :func:`demo_summary`).
+
+    Raises:
+        InvalidDatasetError: ``data`` is not a demo data set.
+        InvalidConfigError: ``out`` cannot be written, or ``port`` is in use.
     """
-    from splitpack.compile_cli import _print_inspect
+    if data not in CASES:
+        raise InvalidDatasetError(f"--data {data!r} is not a demo data set; allowed: "
+                                  f"{', '.join(CASES)}; compile other data with splitpack compile")
+    if not (isinstance(device_slowdown, (int, float)) and device_slowdown > 0):
+        raise InvalidConfigError(f"--device-slowdown: found {device_slowdown!r}; expected > 0")
+    from splitpack.runtimes.bench_support import free_port
+
+    free_port(port)  # a port in use fails here, not after the compile (0 always passes)
+    out = Path(out)
+    _check_out(out)
+    from splitpack.compile_cli import print_inspect
     from splitpack.compiler.pipeline import compile_bundle
     from splitpack.compiler.settings import CompileSettings
-    from splitpack.models.digits import train_digits_reference
+    from splitpack.runtimes.bench_runtime import run_runtime_benchmark
 
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "digits_cnn.pt"
-    if not weights.exists():
-        print(f"training the digits reference model -> {weights}")
-        accuracy = train_digits_reference(weights, epochs=2 if quick else 6)
-        print(f"    test accuracy (torch) {accuracy:.2f}%")
-    # A board-class device: ten times slower than this host (stated in the manifest's profiles).
-    settings = CompileSettings(
-        model=MODEL_SPEC, weights=str(weights), data="digits", device_slowdown=10.0,
-        **({"budget": 6, "epochs": 2, "final_epochs": 2, "variants": 2, "tflite": False, "samples": 8,
-            "max_accuracy_drop": 50.0} if quick else {}),
-    )
-    result = compile_bundle(settings, out / "bundle")
-    _print_inspect(out / "bundle")
-    _plot_accuracy(Path(result["work"]), out / "accuracy_vs_ratio.png")
-    _plot_latency(out / "bundle", out / "latency_vs_bandwidth.png")
-    print(f"plots: {out / 'accuracy_vs_ratio.png'}, {out / 'latency_vs_bandwidth.png'}")
-    return result
+    case, seconds = CASES[data], {}
+    started = time.perf_counter()
+    weights = out / f"{case.model.rpartition(':')[2]}{'-quick' if quick else ''}.pt"
+    torch_accuracy = _train_reference(case, weights, quick)
+    seconds["train"] = round(time.perf_counter() - started, 1)
+
+    settings = CompileSettings(model=case.model, weights=str(weights), data=data,
+                               device_slowdown=device_slowdown,
+                               **{**case.settings, **(QUICK_SETTINGS if quick else {})})
+    started = time.perf_counter()
+    compiled = compile_bundle(settings, out / "bundle", log=_LOG.info)
+    seconds["compile"] = round(time.perf_counter() - started, 1)
+    print_inspect(out / "bundle")
+
+    phase_s = QUICK_PHASE_S if quick else SCHEDULE[0][1]
+    phases = _schedule_file(out / "schedule.csv", phase_s)
+    span_s = phase_s * len(SCHEDULE)
+    interval = INTERVAL_S if not quick else 0.25
+    _LOG.info("live session: edge server on loopback, device %gx slower than this host, uplink "
+              "%s Mbit/s for %g s each (a synthetic schedule)", device_slowdown,
+              " -> ".join(f"{mbps:g}" for mbps, _ in SCHEDULE), phase_s)
+    started = time.perf_counter()
+    session = run_runtime_benchmark(out / "bundle", out / "schedule.csv",
+                                    requests=int(round(span_s / interval)), interval_s=interval,
+                                    device_slowdown=device_slowdown, port=port)
+    seconds["session"] = round(time.perf_counter() - started, 1)
+    _write_atomic(out / "session.json", lambda p: p.write_text(json.dumps(session, indent=1) + "\n"))
+
+    from splitpack.plots import plot_runtime
+
+    _write_atomic(out / "session.png", lambda p: plot_runtime(session, p, window_s=0.5))
+    work = Path(compiled["work"])
+    _write_atomic(out / "accuracy_vs_bytes.png", lambda p: _plot_accuracy_bytes(work, out / "bundle", p))
+    _write_atomic(out / "latency_vs_bandwidth.png", lambda p: _plot_latency(out / "bundle", p))
+    summary = demo_summary(session, phases, data=data, model=case.model, quick=quick,
+                           torch_accuracy=torch_accuracy, seconds=seconds)
+    _write_atomic(out / "demo.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+    print(format_summary(summary))
+    _LOG.info("wrote %s: demo.json, session.json, session.png, accuracy_vs_bytes.png, "
+              "latency_vs_bandwidth.png, bundle/ (step seconds: %s)", out, seconds)
+    return summary
 
 
-def _plot_accuracy(work: Path, path: Path) -> None:
+# -- the figures ----------------------------------------------------------------------------------
+
+def _phase_of(t_s: float, phases: list[dict]) -> int | None:
+    period = phases[-1]["end_s"]
+    t = t_s % period
+    return next((i for i, p in enumerate(phases) if p["start_s"] <= t < p["end_s"]), None)
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def phase_summary(session: dict, phases: list[dict]) -> list[dict]:
+    """Per phase of the schedule: each method's median latency, the best fixed method, and which
+    variants the adaptive runtime answered with.
+
+    Args:
+        session: A ``bench runtime`` result (``log``, ``fixed_log``, ``oracle_log``, ``bundle``).
+        phases: ``{mbps, start_s, end_s}`` per phase, on the session's clock (seconds since
+            its rounds started; a schedule longer than the session repeats).
+
+    Returns:
+        Per phase: ``mbps``, ``rounds`` (adaptive requests answered in it),
+        ``median_latency_ms`` (``adaptive``, ``oracle`` and every fixed method),
+        ``best_fixed`` (the fixed method with the lowest median), ``adaptive_variants``
+        (variant -> requests) and ``split_beats_local_and_edge`` (split variants whose median
+        is below both ``local``'s and ``edge``'s).
+    """
+    kinds = {vid: info["kind"] for vid, info in session["bundle"]["variants"].items()}
+    rows = []
+    for index, phase in enumerate(phases):
+        latencies: dict[str, list[float]] = {"adaptive": [], "oracle": []}
+        used: Counter = Counter()
+        for record in session["log"]:
+            if _phase_of(record["t_s"], phases) == index and "latency_ms" in record:
+                latencies["adaptive"].append(record["latency_ms"])
+                used[record["variant"]] += 1
+        for vid, records in session["fixed_log"].items():
+            latencies[vid] = [ms for t, ms in records if ms is not None and _phase_of(t, phases) == index]
+        latencies["oracle"] = [ms for t, ms, _ in session["oracle_log"]
+                               if ms is not None and _phase_of(t, phases) == index]
+        medians = {name: _median(values) for name, values in latencies.items()}
+        fixed = {vid: ms for vid, ms in medians.items() if vid in kinds and ms is not None}
+        local = next((medians[v] for v, k in kinds.items() if k == "local"), None)
+        edge = next((medians[v] for v, k in kinds.items() if k == "edge"), None)
+        winners = [vid for vid, ms in fixed.items() if kinds[vid] == "split" and local is not None
+                   and edge is not None and ms < local and ms < edge]
+        rows.append({"mbps": phase["mbps"], "rounds": len(latencies["adaptive"]),
+                     "median_latency_ms": medians,
+                     "best_fixed": min(fixed, key=fixed.get) if fixed else None,
+                     "adaptive_variants": dict(used.most_common()),
+                     "split_beats_local_and_edge": winners})
+    return rows
+
+
+def demo_summary(session: dict, phases: list[dict], **context) -> dict:
+    """``demo.json``: the session's figures per method and per phase, and the demo's checks.
+
+    Args:
+        session: A ``bench runtime`` result.
+        phases: As in :func:`phase_summary`.
+        context: Recorded as given (data set, model, step seconds, ...).
+
+    Returns:
+        ``median_latency_ms``, ``p90_latency_ms`` and ``accuracy`` (each with ``adaptive``,
+        ``oracle``, ``local``, ``edge`` and one key per split variant), ``payload_bytes``,
+        ``variants_used`` (overall and per phase), ``phases`` (:func:`phase_summary`),
+        ``checks`` and ``session`` (errors, lost requests, switches).
+    """
+    variants = session["bundle"]["variants"]
+    local = next(v for v, info in variants.items() if info["kind"] == "local")
+    edge = next(v for v, info in variants.items() if info["kind"] == "edge")
+    runs = session["runs"]
+    methods = [v for v, info in variants.items() if info["kind"] == "split"] + [local, edge]
+
+    def per_method(key: str) -> dict:
+        figures = {"adaptive": runs["adaptive"][key], "oracle": session["oracle"][key]}
+        return {**figures, **{("local" if v == local else "edge" if v == edge else v): runs[v][key]
+                              for v in methods}}
+
+    accuracy = {("local" if v == local else "edge" if v == edge else v): variants[v]["accuracy"]
+                for v in methods}
+    used = runs["adaptive"]["variants"]
+    accuracy["adaptive"] = _weighted({variants[v]["accuracy"]: n for v, n in used.items()})
+    best = Counter(method for _, _, method in session["oracle_log"] if method is not None)
+    accuracy["oracle"] = _weighted({variants[v]["accuracy"]: n for v, n in best.items()})
+    median = per_method("median_latency_ms")
+    fixed = {name: ms for name, ms in median.items() if name not in ("adaptive", "oracle") and ms}
+    per_phase = phase_summary(session, phases)
+    adaptive_used = set(used)
+    winning = [{"mbps": row["mbps"], "variants": sorted(set(row["split_beats_local_and_edge"])
+                                                        & adaptive_used)}
+               for row in per_phase]
+    adaptive = median["adaptive"]
+    checks = {
+        "adaptive_to_best_fixed_median": adaptive / min(fixed.values()) if fixed and adaptive else None,
+        "adaptive_to_oracle_median": adaptive / median["oracle"] if adaptive and median["oracle"] else None,
+        "split_used_and_beats_local_and_edge": [w for w in winning if w["variants"]],
+    }
+    checks["adaptive_le_every_fixed_x1_02"] = (checks["adaptive_to_best_fixed_median"] or 9e9) <= 1.02
+    checks["adaptive_le_oracle_x1_10"] = (checks["adaptive_to_oracle_median"] or 9e9) <= 1.10
+    return {
+        "format": DEMO_FORMAT, **context, "device_slowdown": session["device_slowdown"],
+        "schedule": {"phases": phases, "note": "synthetic: made up to cross the regimes where "
+                     "local, a split and the edge each win; not a measured trace"},
+        "median_latency_ms": median, "p90_latency_ms": per_method("p90_latency_ms"),
+        "mean_latency_ms": per_method("mean_latency_ms"), "accuracy": accuracy,
+        "payload_bytes": {("local" if v == local else "edge" if v == edge else v):
+                          variants[v]["payload_bytes"] for v in methods},
+        "variants_used": {"all": used, "phases": [{"mbps": row["mbps"], "variants": row["adaptive_variants"]}
+                                                  for row in per_phase]},
+        "phases": per_phase, "checks": checks,
+        "session": {key: session[key] for key in ("requests", "errors", "lost", "skipped", "switches",
+                                                  "switch_ms_p99", "rtt_ms")},
+    }
+
+
+def _weighted(counts: dict[float, int]) -> float | None:
+    total = sum(counts.values())
+    return sum(value * n for value, n in counts.items()) / total if total else None
+
+
+def _number(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_summary(summary: dict) -> str:
+    """The demo's two tables (per method; per phase) and its checks, as text."""
+    from splitpack.cli import format_table
+
+    median, p90 = summary["median_latency_ms"], summary["p90_latency_ms"]
+    names = ["adaptive", "oracle", *[n for n in median if n not in ("adaptive", "oracle")]]
+    rows = [[name, _number(median[name], 2), _number(p90[name], 2),
+             _number(summary["accuracy"].get(name), 1),
+             _number(summary["payload_bytes"].get(name), 0) if name in summary["payload_bytes"] else "-"]
+            for name in names]
+    lines = [f"live session: device {summary['device_slowdown']:g}x slower than this host, "
+             f"{summary['session']['requests']} rounds, {summary['session']['errors']} errors, "
+             f"{summary['session']['lost']} lost",
+             format_table(["method", "median ms", "p90 ms", "accuracy %", "payload B"], rows), ""]
+    phase_rows = []
+    for row in summary["phases"]:
+        used = ", ".join(f"{v} {n}" for v, n in row["adaptive_variants"].items())
+        phase_rows.append([f"{row['mbps']:g}", _number(row["median_latency_ms"]["adaptive"], 2),
+                           _number(row["median_latency_ms"]["oracle"], 2), row["best_fixed"] or "-",
+                           _number(row["median_latency_ms"].get(row["best_fixed"]), 2), used])
+    lines.append(format_table(["Mbit/s", "adaptive ms", "oracle ms", "best fixed", "its ms",
+                               "adaptive answered with"], phase_rows))
+    checks = summary["checks"]
+    lines.append(f"adaptive median / best fixed median: {_number(checks['adaptive_to_best_fixed_median'], 3)}"
+                 f"; / oracle median: {_number(checks['adaptive_to_oracle_median'], 3)}")
+    wins = "; ".join(f"{w['mbps']:g} Mbit/s: {', '.join(w['variants'])}"
+                     for w in checks["split_used_and_beats_local_and_edge"]) or "none"
+    lines.append(f"split variants the runtime used that beat both local and edge in a phase: {wins}")
+    return "\n".join(lines)
+
+
+def _plot_accuracy_bytes(work: Path, bundle_path: Path, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures
+    from splitpack.packaging.bundle import read_bundle
 
-    predictor = AccuracyPredictor.from_json((work / "predictor.json").read_text())
-    cells = [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
-    cuts = {c["cut"]: c for c in cells}
+    manifest = read_bundle(bundle_path).manifest
     figure, axes = plt.subplots(figsize=(8, 5))
-    for index, (label, cell) in enumerate(sorted(cuts.items(), key=lambda item: item[1]["cut_position"])):
-        color = plt.cm.viridis(index / max(1, len(cuts) - 1))
-        for codec_cell in cells:
-            if codec_cell["cut"] == label:
-                axes.plot(codec_cell["compression_ratio"], codec_cell["accuracy"], "o", color=color)
-        ratios = np.geomspace(4, 8192, 40)
-        features = [CellFeatures(label, cell["cut_position"], cell["cut_bytes"] / r, 8, r) for r in ratios]
-        axes.plot(ratios, [p.accuracy for p in predictor.predict(features)], "-", color=color, label=label)
+    cells = [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
+    if cells:
+        axes.plot([c["payload_bytes"] for c in cells], [c["accuracy"] for c in cells], ".",
+                  color="0.6", label="cells trained while sampling (bit-packed)")
+    upload_file = work / "edge_upload.json"
+    if upload_file.exists():
+        upload = json.loads(upload_file.read_text())
+        for name, style in (("jpeg", "-o"), ("webp", "-s")):
+            points = [p for p in upload["curve"] if p["format"] == name]
+            if points:
+                axes.plot([p["payload_bytes"] for p in points], [p["accuracy"] for p in points],
+                          style, ms=3, lw=1, label=f"{name.upper()} upload of the input, quality 5..95")
+        lossless = upload["curve"][0]
+        axes.plot(lossless["payload_bytes"], lossless["accuracy"], "k^",
+                  label=f"{lossless['format']} upload (lossless)")
+    for variant in manifest.variants:
+        if variant.kind == "split":
+            axes.plot(variant.payload_bytes, variant.accuracy, "*", ms=12,
+                      label=f"{variant.id} (bundled, entropy-coded)")
+    edge = next(v for v in manifest.variants if v.kind == "edge")
+    axes.plot(edge.payload_bytes, edge.accuracy, "D", ms=8, color="tab:red",
+              label=f"edge: the chosen upload ({edge.payload_bytes} B)")
+    axes.axhline(manifest.baseline_accuracy, color="0.3", ls=":", lw=1,
+                 label=f"baseline {manifest.baseline_accuracy:.1f}% (local sends nothing)")
     axes.set_xscale("log")
-    axes.set_xlabel("compression ratio")
+    axes.set_xlabel("bytes per image on the uplink (wire message, header included)")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title("digits: trained cells (dots) and predicted curves at 8-bit codes (lines)")
-    axes.legend(fontsize=7)
+    axes.set_ylim(max(0.0, manifest.baseline_accuracy - 30), min(100.0, manifest.baseline_accuracy + 5))
+    axes.set_title(f"{manifest.model_id}: accuracy against bytes per image")
+    axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
 
 
@@ -102,8 +418,8 @@ def _plot_latency(bundle_path: Path, path: Path) -> None:
     axes.set_yscale("log")
     axes.set_xlabel("uplink bandwidth (Mbit/s)")
     axes.set_ylabel("predicted end-to-end latency (ms), rtt 20 ms")
-    axes.set_title(f"latency per bundled variant against bandwidth (device {slowdown:g}x slower than this host)")
+    axes.set_title(f"the selector's latency model per variant (device {slowdown:g}x slower than this host)")
     axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)

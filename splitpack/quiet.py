@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["THIRD_PARTY_LOGGERS", "capture_native_stderr", "quiet_third_party"]
+__all__ = ["THIRD_PARTY_LOGGERS", "capture_native_stderr", "quiet_third_party", "show_project_messages"]
 
 THIRD_PARTY_LOGGERS = ("torch", "torchao", "litert_torch", "ai_edge_litert", "absl", "tensorflow", "jax",
                        "onnxscript", "onnx_ir")
@@ -59,6 +59,33 @@ def quiet_third_party(verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=_NOT_SPLITPACK)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record comes (so a redirected or captured
+    standard output gets the messages too)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_project_messages(verbose: bool) -> None:
+    """Print the ``splitpack`` loggers' messages on standard output, INFO and up (DEBUG with
+    ``verbose``), as bare lines: the command line's progress messages. Once per process."""
+    _LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(handler, _StdoutHandler) for handler in _LOG.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _LOG.addHandler(handler)
+        _LOG.propagate = False  # a library may have given the root logger a handler too
 
 
 @contextlib.contextmanager

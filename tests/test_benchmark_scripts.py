@@ -14,6 +14,7 @@ import torch
 
 from splitpack.compiler.cuts import find_cuts
 from splitpack.compiler.export import export_onnx, load_torch_module
+from splitpack.models.scenes import SCENES_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,23 +26,29 @@ def _load(name: str):
     return module
 
 
-def test_scenes_patches_are_labelled_regions_of_the_photographs() -> None:
+def test_scenes_script_writes_the_scenes_data_set(tmp_path: Path) -> None:
+    from splitpack.datasets import load_dataset
+
     scenes = _load("scenes")
-    x, y = scenes.make_patches(64, np.random.default_rng(0))
-    assert x.shape == (64, 3, 64, 64) and x.dtype == np.uint8
-    assert y.dtype == np.int64 and 0 <= y.min() and y.max() < scenes.CLASSES
-    again, _ = scenes.make_patches(64, np.random.default_rng(0))
-    assert np.array_equal(x, again)  # seeded
-    assert len(np.unique(x.reshape(64, -1), axis=0)) == 64  # real crops, not one image
+    scenes.write_dataset(tmp_path / "scenes.npz", train=96, test=32)
+    written = load_dataset(f"npz:{tmp_path / 'scenes.npz'}")
+    full = load_dataset("scenes")
+    # the same generator in the same order: the npz holds the first patches of the spec's draw
+    # only when the counts match; here each split is checked against a fresh draw of its size
+    rng = np.random.default_rng(0)
+    x_train, y_train = scenes.scene_patches(96, rng)
+    assert np.array_equal(written.y_train, y_train)
+    np.testing.assert_array_equal(written.to_uint8(written.x_train), x_train)
+    assert full.input_shape == written.input_shape == (3, 64, 64)
+    assert (full.mean, full.std) == (written.mean, written.std)
 
 
 def test_scenes_cnn_exports_with_cuts_after_its_early_bottleneck() -> None:
-    scenes = _load("scenes")
     model = load_torch_module(f"{ROOT / 'benchmarks' / 'scenes.py'}:scenes_cnn")  # as compile does
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x).numpy()
-    assert expected.shape == (2, scenes.CLASSES)
+    assert expected.shape == (2, SCENES_CLASSES)
     onnx_model = export_onnx(model, (1, 3, 64, 64))
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splitpack.datasets import Dataset, check_fits_model, load_dataset
+from splitpack.datasets import SCENES_SIZES, Dataset, check_fits_model, load_dataset, scene_patches
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
 
 DIGITS_TOTAL = 1797  # scikit-learn's bundled digits
@@ -58,6 +58,21 @@ def test_digits_is_deterministic_per_seed(digits):
     other = load_dataset("digits", seed=1, image_size=8)
     assert other.input_shape == (1, 8, 8)
     assert not np.array_equal(other.y_train, digits.y_train)
+
+
+def test_scenes_are_seeded_crops_of_the_photographs_labelled_by_region():
+    scenes = load_dataset("scenes", test_limit=64)
+    assert scenes.input_shape == (3, 64, 64) and scenes.num_classes == 32
+    assert (len(scenes.x_train), len(scenes.x_test)) == (SCENES_SIZES[0], 64)
+    assert set(np.unique(scenes.y_train)) == set(range(32))  # every region drawn
+    pixels = scenes.to_uint8(scenes.x_test)
+    assert len(np.unique(pixels.reshape(64, -1), axis=0)) == 64  # real crops, not one image
+    x, y = scene_patches(8, np.random.default_rng(3))
+    again, labels = scene_patches(8, np.random.default_rng(3))
+    assert x.dtype == np.uint8 and np.array_equal(x, again) and np.array_equal(y, labels)
+    assert not np.array_equal(x, scene_patches(8, np.random.default_rng(4))[0])
+    small = load_dataset("scenes", image_size=32, train_limit=8, test_limit=8, seed=1)
+    assert small.input_shape == (3, 32, 32) and len(small.x_train) == 8
 
 
 def test_uint8_round_trip(digits):

@@ -49,9 +49,21 @@ def test_every_command_the_readme_lists_exists():
 def test_quick_demo_then_inspect_and_verify(tmp_path):
     demo = _splitpack("demo", "--quick", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr[-3000:]
+    output = demo.stdout + demo.stderr
+    assert not re.search(r"warning|I0000|W0000", output, flags=re.I), output[-3000:]  # quiet output
     bundle = tmp_path / "demo" / "bundle"
-    assert (tmp_path / "demo" / "accuracy_vs_ratio.png").stat().st_size > 0
-    assert (tmp_path / "demo" / "latency_vs_bandwidth.png").stat().st_size > 0
+    for name in ("session.png", "accuracy_vs_bytes.png", "latency_vs_bandwidth.png"):
+        assert (tmp_path / "demo" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    splits = [v["id"] for v in json.loads((bundle / "manifest.json").read_text())["variants"] if v["kind"] == "split"]
+    median = summary["median_latency_ms"]
+    assert set(median) == {"adaptive", "oracle", "local", "edge", *splits} and len(splits) == 2
+    assert all(ms > 0 for ms in median.values())
+    assert median["oracle"] <= min(median[name] for name in ("local", "edge", *splits))  # per-round best
+    assert summary["session"]["errors"] == summary["session"]["lost"] == 0
+    assert sum(summary["variants_used"]["all"].values()) == sum(p["rounds"] for p in summary["phases"]) > 0
+    assert [p["mbps"] for p in summary["phases"]] == [20.0, 2.0, 0.3, 5.0]
+    assert "adaptive median / best fixed median" in demo.stdout
     inspect = _splitpack("inspect", str(bundle), "--json", cwd=tmp_path)
     assert inspect.returncode == 0, inspect.stderr
     variants = json.loads(inspect.stdout)["variants"]

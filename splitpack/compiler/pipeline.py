@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -74,7 +75,11 @@ class _Work:
         path = self.path(f"{name}.json")
         if path.exists():
             return json.loads(path.read_text())
-        value = compute()
+        return self.write_json(name, compute())
+
+    def write_json(self, name: str, value):
+        """Write ``name``.json (atomically: a temporary file renamed over it) and return ``value``."""
+        path = self.path(f"{name}.json")
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(value, indent=1))
         temporary.replace(path)
@@ -243,6 +248,9 @@ def emit_variants(settings: CompileSettings, out: Path, work: _Work, *, model: o
             preprocessing={"mean": list(dataset.mean), "std": list(dataset.std)},
             confirm=(dataset.to_uint8(dataset.x_test), dataset.y_test))
         point = upload.choice
+        work.write_json("edge_upload", {  # the curve the choice was made from (the demo plots it)
+            "images": min(UPLOAD_SAMPLES, len(dataset.x_test)), "min_accuracy": upload.min_accuracy,
+            "choice": point.as_dict(), "curve": [p.as_dict() for p in upload.curve]})
         log(f"    edge upload: {point.format}{'' if point.quality is None else f' quality {point.quality}'}, "
             f"{point.payload_bytes:.0f} B mean, {point.accuracy:.2f}% (floor {upload.min_accuracy:.2f}%)")
     return emit_bundle(
@@ -272,13 +280,14 @@ class _Steps:
         return result
 
 
-def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str], None] = print) -> CompileResult:
+def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str], None] | None = None) -> CompileResult:
     """Run every step of the compile pipeline; see the module docstring.
 
     Args:
         settings: validated compile settings.
         out: the bundle folder to write (replaced atomically); the archive goes next to it.
-        log: where progress lines go.
+        log: where progress lines go; by default the ``splitpack.compiler.pipeline`` logger at
+            INFO (the command line prints those).
 
     Returns:
         A ``CompileResult`` with ``bundle``, ``archive``, ``work``, ``step_seconds``,
@@ -286,6 +295,7 @@ def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str],
         floor: id, accuracy, predicted_accuracy, reason).
     """
     out = Path(out)
+    log = log or logging.getLogger(__name__).info
     work = _Work(out.parent / f"{out.name}.work" / settings.fingerprint())
     steps = _Steps(settings.model, 6, log)
     loaded, dataset = steps.run("load model and data", load_inputs, settings, work)

@@ -16,6 +16,7 @@ from splitpack.models.densenet import densenet_small
 from splitpack.models.digits import digits_cnn, evaluate_accuracy, train_classifier
 from splitpack.models.mobilenet import cifar_mobilenetv2, mobilenetv2_small
 from splitpack.models.resnet import cifar_resnet20, resnet_small
+from splitpack.models.scenes import scenes_cnn
 from splitpack.models.vit import vit_small
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "vgg_bn_small",
     "vit_small",
     "digits_cnn",
+    "scenes_cnn",
     "train_classifier",
     "evaluate_accuracy",
 ]
@@ -44,6 +46,7 @@ REFERENCE_MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg_bn_small": vgg_bn_small,
     "vit_small": vit_small,
     "digits_cnn": digits_cnn,
+    "scenes_cnn": scenes_cnn,
 }
 
 # Per-sample input shape (C, H, W), without the batch axis, that each factory's defaults expect.
@@ -57,4 +60,5 @@ REFERENCE_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "vgg_bn_small": (3, 32, 32),
     "vit_small": (3, 32, 32),
     "digits_cnn": (1, 16, 16),
+    "scenes_cnn": (3, 64, 64),
 }

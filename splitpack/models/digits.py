@@ -15,7 +15,8 @@ from splitpack.errors import InvalidConfigError, InvalidDatasetError
 from splitpack.models._blocks import conv_bn_relu
 from splitpack.models.resnet import BasicBlock
 
-__all__ = ["DigitsCNN", "digits_cnn", "train_classifier", "evaluate_accuracy", "train_digits_reference"]
+__all__ = ["DigitsCNN", "digits_cnn", "train_classifier", "evaluate_accuracy", "train_digits_reference",
+           "train_reference"]
 
 
 class DigitsCNN(nn.Module):
@@ -212,14 +213,32 @@ def train_digits_reference(path, *, epochs: int = 6, seed: int = 0, progress: bo
     Returns:
         Test accuracy in percent, measured in torch.
     """
+    return train_reference(digits_cnn, "digits", path, epochs=epochs, lr=2e-3, seed=seed,
+                           progress=progress)
+
+
+def train_reference(factory, data: str, path, *, epochs: int, lr: float, seed: int = 0,
+                    progress: bool = True) -> float:
+    """Train ``factory(num_classes=...)`` on the data set ``data`` and save its state_dict.
+
+    Args:
+        factory: A reference model factory taking ``num_classes``.
+        data: A :func:`~splitpack.datasets.load_dataset` spec.
+        path: Where to write the weights (``torch.save`` of the state_dict).
+        epochs, lr, seed, progress: As in :func:`train_classifier` (``seed`` also seeds the
+            initial weights).
+
+    Returns:
+        Test accuracy in percent, measured in torch.
+    """
     from pathlib import Path
 
     from splitpack.datasets import load_dataset
 
-    dataset = load_dataset("digits")
+    dataset = load_dataset(data)
     torch.manual_seed(seed)
-    model = train_classifier(digits_cnn(), dataset.x_train, dataset.y_train, epochs=epochs, lr=2e-3, seed=seed,
-                             progress=progress)
+    model = train_classifier(factory(num_classes=dataset.num_classes), dataset.x_train, dataset.y_train,
+                             epochs=epochs, lr=lr, seed=seed, progress=progress)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)

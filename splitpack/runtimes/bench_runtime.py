@@ -261,7 +261,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                           start_offset_s: float = 0.0, device_slowdown: float | None = None,
                           load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
                           edge_load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
-                          threads: int | None = DEFAULT_THREADS,
+                          threads: int | None = DEFAULT_THREADS, port: int = 0,
                           out_json: str | os.PathLike[str] | None = None,
                           out_png: str | os.PathLike[str] | None = None) -> dict:
     """Replay ``trace`` against a real edge process: adaptive runtime and every fixed choice.
@@ -287,6 +287,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
             on a 2-core host, in one interleaved run with ONNX Runtime's default threads, the
             adaptive runtime's ``local`` requests took 3.4 ms (median) and the local-only
             method's 4.1 ms, the same head; with one thread each, 3.0 and 2.9 ms.
+        port: The edge server's loopback port; 0 (the default) for a free one.
         out_json, out_png: Where to write the result and its plot (optional).
 
     Returns:
@@ -332,7 +333,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     steady = EmulatedLoad(constant_load(device_slowdown))  # warm-up, before the rounds start
     with ExitStack() as stack:
         edge = stack.enter_context(edge_server(
-            opened.root, threads=threads, load_start_offset_s=start_offset_s,
+            opened.root, threads=threads, load_start_offset_s=start_offset_s, port=port,
             load_trace=_edge_load_file(stack, edge_load_trace)))
         fixed = {vid: _FixedVariant(opened, vid, heads, stack.enter_context(
             httpx.Client(base_url=edge.url, timeout=10.0)), None, steady) for vid in fixed_ids}

@@ -30,10 +30,22 @@ MAX_BUSY_RETRIES = 3
 OCTET_STREAM_HEADERS = {"content-type": "application/octet-stream"}
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now (the OS picks it)."""
+def free_port(port: int = 0) -> int:
+    """A TCP port free on loopback now: ``port`` itself, checked, or one the OS picks (0).
+
+    Raises:
+        InvalidConfigError: ``port`` is out of range or in use on 127.0.0.1.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidConfigError(f"port: found {port!r}; expected an integer in 0..65535 "
+                                 "(0 lets the system pick a free one)")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise InvalidConfigError(f"port {port} on 127.0.0.1 is not free ({error.strerror}); "
+                                     "pass another port, or 0 to let the system pick a free "
+                                     "one") from None
         return probe.getsockname()[1]
 
 
@@ -76,8 +88,8 @@ def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | Non
 @contextmanager
 def edge_server(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
                 threads: int | None = None, load_trace: str | os.PathLike[str] | None = None,
-                load_start_offset_s: float = 0.0,
-                start_timeout_s: float = 60.0) -> Iterator[EdgeProcess]:
+                load_start_offset_s: float = 0.0, start_timeout_s: float = 60.0,
+                port: int = 0) -> Iterator[EdgeProcess]:
     """:func:`edge_process`, optionally with an edge load trace on a clock the caller starts.
 
     Args:
@@ -86,11 +98,15 @@ def edge_server(bundle_path: str | os.PathLike[str], *, max_inflight: int | None
             standard input (``--load-clock stdin``): until :meth:`EdgeProcess.start_load_clock`,
             the slowdown at ``load_start_offset_s`` holds.
         load_start_offset_s: The server's ``--load-start-offset``.
+        port: The loopback port to serve on; 0 for a free one the system picks.
 
     Yields:
         The running process.
+
+    Raises:
+        InvalidConfigError: ``port`` is in use, or the server exits or stays silent at start.
     """
-    port = free_port()
+    port = free_port(port)
     command = [sys.executable, "-m", "splitpack.runtimes.edge", os.fspath(bundle_path),
                "--host", "127.0.0.1", "--port", str(port)]
     if max_inflight is not None:

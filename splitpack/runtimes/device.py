@@ -11,7 +11,8 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    took unloaded (learned from its first requests), ``edge_load`` from the tail time the edge
    reports against its profile, each the median of its last few ratios of the last half second
    (:class:`~splitpack.runtimes.load.LoadEstimator`, clamped to >= 1): the runtime follows a
-   changing load only from what it measures;
+   changing load only from what it measures; and each head planned with its own unloaded
+   time once measured (``plan_measured_heads``), not the compile's profile;
 2. runs the head (stretched to ``device_slowdown`` x its measured time, or to the slowdown an
    ``emulated_load`` schedules at that moment, to emulate a slower or a busier device), encodes
    the wire payload (codes bit-packed, or entropy-coded with the variant's tables when its
@@ -33,7 +34,12 @@ never notice that the link recovered. The interval starts at ``probe_interval_s`
 after each exploration that leaves ``local`` preferred, up to ``MAX_EXPLORE_BACKOFF`` times
 ``probe_interval_s``; it is back at ``probe_interval_s`` as soon as a remote variant is chosen.
 Each exploration is a request answered late when the edge is the worse choice, so a link that
-stays bad is explored less and less often (but never less than once per 8 intervals).
+stays bad is explored less often (but never less than once per 2 intervals). The cap was 8
+intervals; in the demo's schedule (``splitpack demo``: 20, 2, 0.3, 5 Mbit/s for 10 s each, a
+device 30x slower than this host) the runtime then answered locally for 7.5 s of the 5 Mbit/s
+phase, where a split variant took 9.8 ms against local's 17.5 (its median there 16.5 ms). An
+exploration into a link that stays bad costs at most about one local answer more (the upload
+deadline below), so one per 2 s at 10 requests per second adds under 5 % to the mean.
 
 Every remote request over an emulated ``link`` has a deadline (``deadline_factor``): when its
 upload has waited as long as answering locally would take (the ``local`` variant's planned
@@ -84,7 +90,7 @@ __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 # the planned size once they differ from it by more than this fraction.
 PAYLOAD_SMOOTHING = 0.2
 PAYLOAD_TOLERANCE = 0.1
-MAX_EXPLORE_BACKOFF = 8  # explorations: at least once per 8 x probe_interval_s
+MAX_EXPLORE_BACKOFF = 2  # explorations: at least once per 2 x probe_interval_s
 # Requests of a variant that set its unloaded reference (see _observe_device_ms).
 REFERENCE_REQUESTS = 3
 MAX_ERRORS_KEPT = 100
@@ -177,6 +183,10 @@ class DeviceRuntime:
         initial_uplink_mbps: Uplink rate assumed until the transfers' sizes identify it.
         deadline_factor: Each upload over ``link`` is given up after this many times the
             local answer's time (> 0; see above); None: wait for every upload.
+        plan_measured_heads: Once a variant's unloaded device time is known (its first
+            requests), plan it with that instead of its profiled ``head_ms`` (see
+            ``_plan_with_measured_heads``); False plans with the profiles throughout (tests
+            whose bundles carry made-up profiles).
         clock: Monotonic seconds, for probe scheduling and the age of load and transfer
             observations; injectable for tests.
         transport: An httpx transport to use instead of the network (tests, custom TLS).
@@ -190,6 +200,7 @@ class DeviceRuntime:
                  max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
                  probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
                  initial_uplink_mbps: float = 5.0, deadline_factor: float | None = 1.0,
+                 plan_measured_heads: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  transport: httpx.BaseTransport | None = None) -> None:
         if not isinstance(edge_url, str) or not edge_url.startswith(("http://", "https://")):
@@ -217,6 +228,8 @@ class DeviceRuntime:
         self.heads = {v.id: load_backend(self.bundle, v, backend, threads=threads)
                       for v in self.manifest.variants if v.kind in ("split", "local")}
         self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
+        self.plan_measured_heads = bool(plan_measured_heads)
+        self._profiled_head_ms = {vid: p.head_ms for vid, p in self.profiles.items()}
         self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
         self._seed_edge_payload()
         self.unloaded_ms: dict[str, float] = {}  # per variant: device ms a sample at load 1
@@ -237,6 +250,7 @@ class DeviceRuntime:
         self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.current_variant = self.selector.select(self.conditions()).id
         self._in_use: str | None = None
+        self._cold: str | None = None
         self.active_head = None
         self._lock = threading.Lock()
         self.stats: dict = {"requests": 0, "switches": 0, "switch_ms": [], "fallbacks": 0,
@@ -311,6 +325,8 @@ class DeviceRuntime:
     def _switch_to(self, variant_id: str, decided: float) -> None:
         """Make ``variant_id`` the variant in use; record how long that took."""
         self.active_head = self.heads.get(variant_id)  # the whole switch: a loaded session
+        if variant_id != self._in_use:
+            self._cold = variant_id  # its first run after a switch: caches cold, not its usual time
         if self._in_use is not None and variant_id != self._in_use:
             self.stats["switches"] += 1
             self.stats["switch_ms"].append((time.perf_counter() - decided) * 1e3)
@@ -358,11 +374,36 @@ class DeviceRuntime:
         if reference is not None:
             self.device_loads.observe(sample_ms, reference)
             return
+        if self.plan_measured_heads and self._cold == variant_id:
+            self._cold = None  # a reference that plans the head leaves out its cold first run
+            return
         seen = self._reference_ms.setdefault(variant_id, [])
         seen.append(sample_ms / self.device_loads.latest())
         if len(seen) >= REFERENCE_REQUESTS:
             self.unloaded_ms[variant_id] = float(np.median(seen))
             del self._reference_ms[variant_id]
+            if self.plan_measured_heads:
+                self._plan_with_measured_heads()
+
+    def _plan_with_measured_heads(self) -> None:
+        """Plan each head with what it takes here once its reference is known, not with the
+        compile's profile. A head run now and then takes longer than one timed in a loop, and
+        not by the same factor for every variant: in the demo (``splitpack demo``, device 30x)
+        a stem head profiled at 0.063 ms took 6.0 ms stretched (3.2x the plan), the whole
+        model 17.3 ms (1.7x), and planned with the profiles the runtime kept the split variant
+        whose head looked cheapest while another, profiled 0.083 ms, answered 1.2 ms faster.
+        A head not measured yet is planned optimistically, at the smaller of its profile and
+        its profile x the measured heads' median ratio to theirs: so it is tried (and
+        measured) when its profile says it may be the better one, and a device faster than its
+        profiles does not make every head it has not run look slow."""
+        ratios = [self.unloaded_ms[vid] / (self.device_slowdown * self._profiled_head_ms[vid])
+                  for vid in self.unloaded_ms if self._profiled_head_ms.get(vid, 0.0) > 0]
+        scale = min(1.0, float(np.median(ratios))) if ratios else 1.0
+        for vid, profiled in self._profiled_head_ms.items():
+            head_ms = (self.unloaded_ms[vid] / self.device_slowdown if vid in self.unloaded_ms
+                       else profiled * scale)
+            self.profiles[vid] = replace(self.profiles[vid], head_ms=head_ms)
+        self.selector = Selector(list(self.profiles.values()), self.constraints)
 
     def _run_head(self, variant_id: str, model_input: np.ndarray) -> tuple[np.ndarray, float]:
         return self._device_compute(variant_id, lambda: self.heads[variant_id].run(model_input),

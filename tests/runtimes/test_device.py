@@ -92,8 +92,11 @@ def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, sampl
                                                      split_ids) -> None:
     inputs, expected = samples
     low, high = split_ids
+    # plan_measured_heads=False: the fixture's profiles are made up (local 100 ms) to force the
+    # choices; this host runs every head in well under a millisecond.
     runtime = DeviceRuntime(bundle, edge_process.url, link=ShapedLink(constant_trace(LOW_MBPS)),
-                            initial_uplink_mbps=LOW_MBPS, rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05)
+                            initial_uplink_mbps=LOW_MBPS, rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05,
+                            plan_measured_heads=False)
     with runtime:
         follow_uplink(runtime, inputs, expected, low, high, HIGH_MBPS, _check)
         stats = runtime.stats
@@ -123,7 +126,13 @@ def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, sampl
 
 
 def test_run_command_prints_one_line_per_sample(bundle, edge_process, samples, tmp_path,
-                                                capsys) -> None:
+                                                capsys, monkeypatch) -> None:
+    import functools
+
+    import splitpack.runtimes.device as device
+
+    # the fixture's profiles are made up (local 100 ms); measured, local would answer everything
+    monkeypatch.setattr(device, "DeviceRuntime", functools.partial(DeviceRuntime, plan_measured_heads=False))
     inputs, expected = samples
     np.save(tmp_path / "inputs.npy", inputs[:4])
     (tmp_path / "trace.csv").write_text("seconds,mbps\n0,1\n1,2\n")
@@ -189,6 +198,7 @@ def app(bundle):
 
 
 def _runtime(bundle, edge: FlakyEdge, clock: FakeClock, **options) -> DeviceRuntime:
+    options.setdefault("plan_measured_heads", False)  # the fixture's profiles are made up
     return DeviceRuntime(bundle, "http://edge.test", token="t", transport=httpx.MockTransport(edge),
                          clock=clock, probe_interval_s=1.0, rtt_ms=1.0, **options)
 
@@ -260,7 +270,7 @@ def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, sam
 
 def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) -> None:
     """A 10 s assumed round trip keeps every remote plan worse than local: explorations come
-    after 1, 2, 4, 8, 8 s (doubling, capped at 8 probe intervals), not every second."""
+    after 1, 2, 2, ... s (doubling, capped at 2 probe intervals), not every second."""
     inputs, _ = samples
     edge, clock = FlakyEdge(app), FakeClock()
     with _runtime(bundle, edge, clock) as runtime:
@@ -270,10 +280,10 @@ def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) 
             if runtime.infer(inputs[second % len(inputs)]).mode != "local":
                 explored_at.append(second)
             clock.now += 1.0
-        assert explored_at == [1, 3, 7, 15, 23, 31, 39]
-        assert runtime.stats["explorations"] == 7
-        assert runtime.explore_interval_s == 8.0
-        clock.now += 8.0
+        assert explored_at == list(range(1, 40, 2))
+        assert runtime.stats["explorations"] == 20
+        assert runtime.explore_interval_s == 2.0
+        clock.now += 2.0
         runtime.rtt_ms = 1.0  # the edge is the better plan again: the exploration finds it
         assert runtime.infer(inputs[0]).mode != "local"
         assert runtime.infer(inputs[1]).mode != "local" and runtime.explore_interval_s == 1.0
@@ -284,11 +294,11 @@ def test_a_failed_exploration_does_not_count_as_a_measurement(bundle, app, sampl
     edge, clock = FlakyEdge(app), FakeClock()
     with _runtime(bundle, edge, clock) as runtime:
         runtime.rtt_ms = 10_000.0
-        for _ in range(5):  # explorations at 1 and 3 s: the interval is 4 s from 4 s on
+        for _ in range(5):  # explorations at 1 and 3 s: the interval is 2 s (the cap) from 2 s on
             runtime.infer(inputs[0])
             clock.now += 1.0
-        assert runtime.explore_interval_s == 4.0
-        clock.now += 4.0
+        assert runtime.explore_interval_s == 2.0
+        clock.now += 2.0
         edge.failure = "refuse"
         assert runtime.infer(inputs[0]).fallback  # the exploration failed: answered locally
         assert (runtime.edge_up, runtime.explore_interval_s) == (False, 1.0)
@@ -483,3 +493,21 @@ def test_the_runtime_follows_a_device_load_from_what_it_measures(bundle, app, sa
     back = next(t for t, variant, _ in selected if t >= 30.0 and variant == usual)
     assert back < 31.0
     assert {variant for t, variant, _ in selected if t >= back} == {usual}
+
+
+def test_measured_heads_replace_their_profiles_and_unmeasured_ones_stay_optimistic(bundle, app) -> None:
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock, plan_measured_heads=True, device_slowdown=10.0) as runtime:
+        low, high = [v for v, p in runtime.profiles.items() if p.kind == "split"]
+        profiled = {vid: p.head_ms for vid, p in runtime.profiles.items()}
+        for _ in range(3):  # the reference: 3 requests at load 1, stretched 10x
+            runtime._observe_device_ms(low, 10.0 * profiled[low] * 4.0)  # 4x its profile
+        assert runtime.profiles[low].head_ms == pytest.approx(4.0 * profiled[low])
+        assert runtime.profiles[high].head_ms == profiled[high]  # slower than profiled: not scaled up
+        planned = {p.id: p.head_ms for p in runtime.selector.candidates}  # what the selector plans with
+        assert planned[low] == pytest.approx(4.0 * profiled[low])
+        for _ in range(3):  # a head faster than its profile scales the unmeasured ones down
+            runtime._observe_device_ms("local", 10.0 * profiled["local"] * 0.01)
+        scale = float(np.median([4.0, 0.01]))
+        assert runtime.profiles["local"].head_ms == pytest.approx(0.01 * profiled["local"])
+        assert runtime.profiles[high].head_ms == pytest.approx(min(1.0, scale) * profiled[high])
