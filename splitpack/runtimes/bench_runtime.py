@@ -7,8 +7,9 @@ and, in the same run, under every fixed choice: each split variant alone, ``loca
 moment (the trace clock runs in real time), with the same inputs (the bundle's uint8 samples,
 cycled). The methods are interleaved request by request: round ``i`` starts ``i * interval_s``
 after the benchmark starts (or when round ``i - 1`` ends, if later), and in it every method
-answers request ``i``, one after another, in an order rotated each round. So every method meets
-the same moments of the trace and the same state of the host. Two other schedules were tried and
+answers request ``i``, one after another, in an order drawn at random each round (seeded; see
+``_replay`` for why not rotated). So every method meets the same moments of the trace and the
+same state of the host. Two other schedules were tried and
 dropped: all methods at once, one thread each, made them slow each other down on a 2-core host
 (the split variants' median went from about 8 to about 40 ms); one whole run per method, one
 after another, let the host's drift between runs (0.5 ms on 3.5 ms medians) outweigh the
@@ -175,7 +176,13 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     One :class:`EmulatedLoad` of ``device_load``, started at that moment too, stretches every
     device's compute; ``start_edge_clock`` (given the wall-clock time of that moment) starts
     the edge's. The devices take turns one after another (never two requests at once) in an
-    order rotated by one each round, so none is always first after the pause.
+    order drawn at random each round (seeded), so that none is always first after the pause
+    and none always follows the same method. (The order was rotated by one each round, which
+    keeps every method behind the same one: in the demo's bundle, the adaptive runtime always
+    ran right after the ``edge`` method's WebP encoding, and its requests on ``cut03`` took
+    10.69 ms (median) against 8.99 for the fixed ``cut03``, which always followed ``cut02``,
+    over a constant 20 Mbit/s uplink at device 30x; device compute is stretched 30x, so a few
+    tens of microseconds of cold caches read as a millisecond.)
 
     Returns:
         Per device, one record per answered or failed request, with its round, the slowdowns
@@ -188,6 +195,7 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     for name, device in devices.items():
         device.link, device.emulated_load = links[name], emulated
     records: dict[str, list[dict]] = {name: [] for name in names}
+    order = np.random.default_rng(0)  # each round's order of turns (seeded: runs compare)
     started = time.monotonic()  # the links were built just now: trace time = offset + elapsed
     emulated.start(started)
     if start_edge_clock is not None:
@@ -198,8 +206,8 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
             time.sleep(wait)
         if time.monotonic() - started > max_run_s:
             break  # the rest are never issued: reported as skipped, not as lost
-        index, turn = number % len(inputs), number % len(names)
-        for name in names[turn:] + names[:turn]:
+        index = number % len(inputs)
+        for name in (names[i] for i in order.permutation(len(names))):
             elapsed = time.monotonic() - started
             record = {"round": number, "t_s": round(elapsed, 4),
                       "trace_s": round(start_offset_s + elapsed, 4),
@@ -384,8 +392,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                                   "or when round i-1 ends if later; in a round every method "
                                   "answers request i, one request at a time",
                           "runs": "interleaved: adaptive, each split variant, local and edge "
-                                  "take turns in an order rotated each round, each over its "
-                                  "own ShapedLink on the trace from start_offset_s"})
+                                  "take turns in an order drawn at random each round (seeded), "
+                                  "each over its own ShapedLink on the trace from start_offset_s"})
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
