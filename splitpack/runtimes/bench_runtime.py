@@ -363,7 +363,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
     runs = {"adaptive": {
         **summarize_run(logs["adaptive"], requests, stats["fallbacks"] + lost_exceptions),
         "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
-        "probes": stats["probes"], "switches": stats["switches"], "edge_errors": stats["errors"][:5]}}
+        "probes": stats["probes"], "switches": stats["switches"],
+        "deadline_misses": stats["deadline_misses"], "edge_errors": stats["errors"][:5]}}
     for vid in fixed_ids:
         runs[vid] = summarize_run(logs[vid], requests, sum("error" in r for r in logs[vid]))
     result = runtime_result(runs, logs, stats, split_ids, local_id, edge_id)

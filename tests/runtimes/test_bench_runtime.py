@@ -70,7 +70,17 @@ def test_runtime_benchmark_writes_every_key(runtime_result, split_ids) -> None:
     assert written["best_static_variant"] in split_ids
     assert set(written["runs"]) == {"adaptive", *split_ids, "local", "edge"}
     assert written["requests"] == 40 and written["device_slowdown"] == 2.0
+    assert isinstance(written["runs"]["adaptive"]["deadline_misses"], int)
     assert (out / "runtime.png").stat().st_size > 0
+
+
+def test_each_round_takes_turns_in_its_own_order(runtime_result) -> None:
+    """Drawn at random each round: a rotation would give at most one order per method."""
+    result, _ = runtime_result
+    times = {"adaptive": [r["t_s"] for r in result["log"]],
+             **{name: [t for t, _ in log] for name, log in result["fixed_log"].items()}}
+    orders = {tuple(sorted(times, key=lambda name: times[name][number])) for number in range(40)}
+    assert len(orders) > len(times)
 
 
 def test_runtime_benchmark_loses_nothing_and_adapts(runtime_result) -> None:
