@@ -33,6 +33,7 @@ def _session() -> dict:
                  **{name: {"median_latency_ms": sorted(v)[2], "p90_latency_ms": max(v),
                            "mean_latency_ms": sum(v) / 5} for name, v in fixed.items()}},
         "oracle": {"median_latency_ms": 6.0, "p90_latency_ms": 20.0, "mean_latency_ms": 11.2},
+        "adaptive_to_oracle": {"median": 6.5 / 6.0, "mean": 1.08, "p90": 1.08},
         **{key: 0 for key in ("errors", "lost", "skipped", "switches", "switch_ms_p99", "rtt_ms")},
         "requests": 5,
     }
@@ -79,3 +80,12 @@ def test_demo_bad_input_is_a_typed_error_and_writes_nothing(tmp_path, capsys):
     assert main(["demo", "--device-slowdown", "0", "--out", str(tmp_path / "c")]) == 2
     assert "--device-slowdown: found 0.0; expected > 0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_accuracy_is_averaged_over_requests_even_when_variants_tie():
+    session = _session()
+    session["bundle"]["variants"]["cut03"]["accuracy"] = 90.0  # as local's
+    session["bundle"]["variants"]["edge"]["accuracy"] = 80.0
+    session["runs"]["adaptive"]["variants"] = {"cut03": 3, "local": 1, "edge": 1}
+    summary = demo_summary(session, PHASES)
+    assert summary["accuracy"]["adaptive"] == pytest.approx((4 * 90 + 80) / 5)

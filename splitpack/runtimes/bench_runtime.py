@@ -195,7 +195,7 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     for name, device in devices.items():
         device.link, device.emulated_load = links[name], emulated
     records: dict[str, list[dict]] = {name: [] for name in names}
-    order = np.random.default_rng(0)  # each round's order of turns (seeded: runs compare)
+    turns = np.random.default_rng(0)  # draws each round's order of turns (seeded: runs compare)
     started = time.monotonic()  # the links were built just now: trace time = offset + elapsed
     emulated.start(started)
     if start_edge_clock is not None:
@@ -207,7 +207,7 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
         if time.monotonic() - started > max_run_s:
             break  # the rest are never issued: reported as skipped, not as lost
         index = number % len(inputs)
-        for name in (names[i] for i in order.permutation(len(names))):
+        for name in (names[i] for i in turns.permutation(len(names))):
             elapsed = time.monotonic() - started
             record = {"round": number, "t_s": round(elapsed, 4),
                       "trace_s": round(start_offset_s + elapsed, 4),

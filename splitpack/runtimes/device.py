@@ -39,7 +39,7 @@ intervals; in the demo's schedule (``splitpack demo``: 20, 2, 0.3, 5 Mbit/s for 
 device 30x slower than this host) the runtime then answered locally for 7.5 s of the 5 Mbit/s
 phase, where a split variant took 9.8 ms against local's 17.5 (its median there 16.5 ms). An
 exploration into a link that stays bad costs at most about one local answer more (the upload
-deadline below), so one per 2 s at 10 requests per second adds under 5 % to the mean.
+deadline below): at 10 requests per second, one extra local answer per 20 requests.
 
 Every remote request over an emulated ``link`` has a deadline (``deadline_factor``): when its
 upload has waited as long as answering locally would take (the ``local`` variant's planned
@@ -398,8 +398,7 @@ class DeviceRuntime:
         compile's profile. A head run now and then takes longer than one timed in a loop, and
         not by the same factor for every variant: in the demo (``splitpack demo``, device 30x)
         a stem head profiled at 0.063 ms took 6.0 ms stretched (3.2x the plan), the whole
-        model 17.3 ms (1.7x), and planned with the profiles the runtime kept the split variant
-        whose head looked cheapest while another, profiled 0.083 ms, answered 1.2 ms faster.
+        model 17.3 ms (1.7x), so the profiles misrank variants whose heads are close.
         A head not measured yet is planned optimistically, at the smaller of its profile and
         its profile x the measured heads' median ratio to theirs: so it is tried (and
         measured) when its profile says it may be the better one, and a device faster than its
