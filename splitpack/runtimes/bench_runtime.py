@@ -4,7 +4,8 @@
 and, in the same run, under every fixed choice: each split variant alone, ``local`` and
 ``edge``. Each method is one device issuing one request at a time over its own
 :class:`ShapedLink`, all built on the same trace at the same ``start_offset_s`` and at the same
-moment (the trace clock runs in real time), with the same inputs (the bundle's uint8 samples,
+moment, every request of a round starting at the same trace moment (see ``_replay``), with the
+same inputs (the bundle's uint8 samples,
 cycled). The methods are interleaved request by request: round ``i`` starts ``i * interval_s``
 after the benchmark starts (or when round ``i - 1`` ends, if later), and in it every method
 answers request ``i``, one after another, in an order drawn at random each round (seeded; see
@@ -113,7 +114,8 @@ class _FixedVariant:
     def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
         # Normalized before the clock starts, as DeviceRuntime does: only the head is stretched.
         inputs = model_input(self.manifest, batch)
-        output, seconds = self.emulated_load.stretch(lambda: self.head.run(inputs))
+        output, seconds = self.emulated_load.stretch(lambda: self.head.run(inputs),
+                                                     key=(self.variant.id, len(inputs)))
         return output, seconds * 1e3
 
     def infer(self, sample: np.ndarray) -> InferenceResult:
@@ -125,7 +127,8 @@ class _FixedVariant:
                                    head_ms, 0.0, 0.0, False)
         if kind == "edge":  # the upload the manifest names, stretched as DeviceRuntime's
             payload, seconds = self.emulated_load.stretch(
-                lambda: encode_request(self.variant, batch, wire_bundle_id=self.wire_id))
+                lambda: encode_request(self.variant, batch, wire_bundle_id=self.wire_id),
+                key=(vid, len(batch)))
             head_ms = seconds * 1e3
         else:
             codes, head_ms = self._run_head(batch)
@@ -162,6 +165,30 @@ def _post(client: httpx.Client, payload: bytes, variant_id: str) -> tuple[np.nda
 
 # -- replaying a trace ----------------------------------------------------------------------------
 
+class _TurnClock:
+    """A device's link clock on which each of its turns starts at its round's start.
+
+    The devices of a round take turns one after another, so on the wall clock the last one's
+    request meets the trace up to a round's time (tens of milliseconds) after the first one's;
+    on a cellular trace, whose transmission opportunities come and go within milliseconds, the
+    per-round best method was then partly the one that met the luckiest moment. On this clock
+    every device's request ``i`` starts at the same trace moment, and time runs at the wall
+    clock's pace within a turn (a send sleeps as long as the trace says). Monotonic: a round
+    starts after every turn of the round before it has ended.
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.monotonic) -> None:
+        self._wall, self._shift = wall, 0.0
+
+    def __call__(self) -> float:
+        return self._wall() + self._shift
+
+    def begin_turn(self, round_started: float) -> None:
+        """The turn starting now is the device's turn of the round that started at
+        ``round_started`` (a reading of the wall clock)."""
+        self._shift = round_started - self._wall()
+
+
 def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthTrace,
             inputs: np.ndarray, expected: dict, *, requests: int, interval_s: float,
             start_offset_s: float, max_run_s: float, device_load: LoadSchedule,
@@ -170,11 +197,12 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
             report: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
     """Issue ``requests`` paced rounds; in each round every device answers request ``i``.
 
-    Every device gets its own :class:`ShapedLink` on ``trace``, all built at one moment, so
-    each device's request ``i`` meets the trace within the time a round takes (milliseconds for
-    the digits bundle, up to about half a second for slow methods), on the same machine state.
-    One :class:`EmulatedLoad` of ``device_load``, started at that moment too, stretches every
-    device's compute; ``start_edge_clock`` (given the wall-clock time of that moment) starts
+    Every device gets its own :class:`ShapedLink` on ``trace``, all built at one moment, each
+    on a :class:`_TurnClock`, so every device's request ``i`` meets the trace at the same
+    moment (the round's start; before, at its turn's start, up to a round's time later), on the
+    same machine state. One :class:`EmulatedLoad` of ``device_load``, started at that moment
+    too, stretches every device's compute, keyed by variant (:meth:`EmulatedLoad.stretch`:
+    every method that runs a head gets the same device time for it, up to host jitter); ``start_edge_clock`` (given the wall-clock time of that moment) starts
     the edge's. The devices take turns one after another (never two requests at once) in an
     order drawn at random each round (seeded), so that none is always first after the pause
     and none always follows the same method. (The order was rotated by one each round, which
@@ -191,7 +219,9 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     """
     names = list(devices)
     emulated = EmulatedLoad(device_load, start_offset_s=start_offset_s, started=False)
-    links = {name: ShapedLink(trace, start_offset_s=start_offset_s) for name in names}
+    clocks = {name: _TurnClock() for name in names}
+    links = {name: ShapedLink(trace, start_offset_s=start_offset_s, clock=clocks[name])
+             for name in names}
     for name, device in devices.items():
         device.link, device.emulated_load = links[name], emulated
     records: dict[str, list[dict]] = {name: [] for name in names}
@@ -206,11 +236,13 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
             time.sleep(wait)
         if time.monotonic() - started > max_run_s:
             break  # the rest are never issued: reported as skipped, not as lost
-        index = number % len(inputs)
+        index, round_started = number % len(inputs), time.monotonic()
         for name in (names[i] for i in turns.permutation(len(names))):
+            clocks[name].begin_turn(round_started)
             elapsed = time.monotonic() - started
             record = {"round": number, "t_s": round(elapsed, 4),
                       "trace_s": round(start_offset_s + elapsed, 4),
+                      "link_trace_s": round(start_offset_s + round_started - started, 4),
                       "mbps": round(links[name].current_mbps(BANDWIDTH_WINDOW_S), 4),
                       "device_slowdown": device_load.slowdown_at(start_offset_s + elapsed),
                       "edge_slowdown": edge_load.slowdown_at(start_offset_s + elapsed),
@@ -364,7 +396,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         **summarize_run(logs["adaptive"], requests, stats["fallbacks"] + lost_exceptions),
         "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
         "probes": stats["probes"], "switches": stats["switches"],
-        "deadline_misses": stats["deadline_misses"], "edge_errors": stats["errors"][:5]}}
+        "hedges": stats["hedges"], "deadline_misses": stats["deadline_misses"],
+        "edge_errors": stats["errors"][:5]}}
     for vid in fixed_ids:
         runs[vid] = summarize_run(logs[vid], requests, sum("error" in r for r in logs[vid]))
     result = runtime_result(runs, logs, stats, split_ids, local_id, edge_id)

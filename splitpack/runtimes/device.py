@@ -38,27 +38,33 @@ stays bad is explored less often (but never less than once per 2 intervals). The
 intervals; in the demo's schedule (``splitpack demo``: 20, 2, 0.3, 5 Mbit/s for 10 s each, a
 device 30x slower than this host) the runtime then answered locally for 7.5 s of the 5 Mbit/s
 phase, where a split variant took 9.8 ms against local's 17.5 (its median there 16.5 ms). An
-exploration into a link that stays bad costs at most about one local answer more (the upload
-deadline below): at 10 requests per second, one extra local answer per 20 requests.
+exploration costs little even when the link stays bad: its local answer is computed while its
+upload waits (below).
 
-Every remote request over an emulated ``link`` has a deadline (``deadline_factor``): when its
-upload has waited as long as answering locally would take (the ``local`` variant's planned
-latency under the current conditions), the runtime stops waiting, answers the
-request locally (``stats["deadline_misses"]``, not a fallback: the edge is not down) and
-answers locally for ``probe_interval_s``, after which the selector decides again. (Tried and
-not kept: 1/8 of the interval after one miss, doubling with each miss in a row. On the cellular
-traces a small message now and then waits past the deadline, and with the demo's scenes bundle
-at device 30x on ATT-LTE-driving 69 of 150 requests were answered in such stalls, locally at
-18.1 ms median where the splits took about 15; with the shorter stalls 7 were, but the runtime
-then chose ``local`` itself from the delays its explorations met, and over the nine
-trace x slowdown runs of ``scenes_demo_runtime_*`` 2 met issue 15's marks, against 3 and 4 in
-two sweeps with this rule (ATT 30x median over the oracle 1.30 against 1.43 and 1.48,
-TMobile-UMTS 30x 1.53 against 1.10 and 1.59): no difference beyond run-to-run noise.) A request
-sent into an outage, an exploration included, so costs at most about twice the local latency
-instead of the outage (up to seconds on the cellular traces); the wait goes to the estimator
-as a sample (a lower bound of the transfer time). The bytes stay on the link, as a real
-sender's would. Without an emulated link the upload is inside the HTTP exchange, which only
-``timeout_s`` bounds.
+Hedged uploads. A remote request over an emulated ``link`` whose upload has not gone out after
+``hedge_factor`` x its planned transfer time (at once for an exploration) computes the local
+answer while it keeps waiting: the device's CPU is idle while its radio waits for a
+transmission opportunity. Whichever is ready first answers: the upload, then the edge's reply;
+or the local answer (``stats["deadline_misses"]``; not a fallback: the edge is up), in which
+case the upload is given up (its bytes stay on the link, as a real sender's would), its wait
+goes to the estimator as a sample (a lower bound of the transfer time), and the runtime answers
+locally without touching the link for as long as the link still holds those bytes (what a
+sender learns from its own socket, :meth:`ShapedLink.pending`), then decides afresh (exploring
+at once if it prefers ``local``). ``stats["hedges"]`` counts the local answers started. A
+request sent into an outage so costs its head, its planned transfer time and one local answer,
+never the outage (up to seconds on the cellular traces). Without an emulated link the upload
+is inside the HTTP exchange, which only ``timeout_s`` bounds.
+
+What this replaced, on the demo's scenes bundle over the three real traces at 10, 30 and 100x
+(``scenes_demo_runtime_*``): an upload given up when it had waited as long as the local answer's
+planned latency, the local answer computed only then, and the runtime local for a whole
+``probe_interval_s`` after each such miss. On ATT-LTE-driving at 30x a miss cost 40-56 ms where
+the round's best fixed method took 10-12, and the stalls that followed answered 69 of 150
+requests locally (18.1 ms median where the splits took about 15).
+(A shorter stall, 1/8 of the interval doubling with each miss in a row, changed nothing beyond
+run-to-run noise.) One sweep of the nine runs each, with ``bench runtime`` already putting
+every request of a round on the same trace moment: local while the given-up bytes wait but no
+hedge, the adaptive mean 1.16-1.40x the oracle's; with hedged uploads, 1.08-1.20x.
 
 Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, constriction,
 Pillow, standard library.
@@ -115,10 +121,10 @@ class InferenceResult:
         mode: ``"split"``, ``"edge"`` or ``"local"`` (the kind of that variant).
         latency_ms: Wall time of the whole call.
         head_ms: Device compute (stretched by the emulated slowdown); for ``edge``, the time
-            to prepare the raw upload (stretched too); after a missed deadline, the remote
+            to prepare the raw upload (stretched too); after a given-up upload, the remote
             variant's and the local one's.
         transfer_ms: Uplink shaping plus the HTTP exchange, less the edge's compute; after a
-            missed deadline, the time the upload waited.
+            given-up upload, the time it waited.
         edge_ms: Tail compute the edge reported.
         fallback: True when the edge was down or failed and ``local`` answered instead.
     """
@@ -138,11 +144,44 @@ class _EdgeFailure(Exception):
 
 
 class _DeadlineMissed(Exception):
-    """The upload had not gone out by the request's deadline, after ``seconds`` of waiting."""
+    """The upload had not gone out when the local answer started beside it was ready, after
+    ``seconds`` of waiting; ``output`` is that answer and ``local_ms`` its device time."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, output: np.ndarray, local_ms: float) -> None:
         super().__init__(f"upload still waiting after {seconds * 1e3:.3g} ms")
-        self.seconds = seconds
+        self.seconds, self.output, self.local_ms = seconds, output, local_ms
+
+
+class _LocalBeside:
+    """The local answer computed in a thread while an upload waits (a device's CPU is free
+    while its radio waits for a transmission opportunity), so that the upload going out is
+    noticed at once, not after the host's share of the local compute.
+
+    ``expected_s`` is the emulated device time of the run if it takes its typical time (None
+    before the local head's first run); :meth:`join` returns the real one."""
+
+    def __init__(self, head, model_input: np.ndarray, load: EmulatedLoad, local_id: str) -> None:
+        self.batch_size, self._load = len(model_input), load
+        self._key, self._slowdown = (local_id, len(model_input)), load.slowdown_now()
+        self.expected_s = load.typical_seconds(self._key, self._slowdown)
+        self.output: np.ndarray | None = None
+        self.measured_s = 0.0
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(head, model_input), daemon=True)
+        self._thread.start()
+
+    def _run(self, head, model_input: np.ndarray) -> None:
+        try:
+            self.output, self.measured_s = self._load.measure(lambda: head.run(model_input))
+        except BaseException as exc:  # raised again by join, in the caller's thread
+            self._failure = exc
+
+    def join(self) -> float:
+        """Wait for the run; its emulated device seconds (or what the run raised)."""
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self._load.device_seconds(self.measured_s, self._slowdown, key=self._key)
 
 
 def profile_of(variant) -> VariantProfile:
@@ -189,8 +228,9 @@ class DeviceRuntime:
         rtt_ms: Round trip to the edge assumed by the latency model (the HTTP exchange); the
             uplink's per-message delay, learned from the transfers, comes on top.
         initial_uplink_mbps: Uplink rate assumed until the transfers' sizes identify it.
-        deadline_factor: Each upload over ``link`` is given up after this many times the
-            local answer's time (> 0; see above); None: wait for every upload.
+        hedge_factor: An upload over ``link`` still waiting after this many times its planned
+            transfer time (>= 0) has the local answer computed beside it, and whichever is
+            ready first answers (see above); None: wait for every upload.
         plan_measured_heads: Once a variant's unloaded device time is known (its first
             requests), plan it with that instead of its profiled ``head_ms`` (see
             ``_plan_with_measured_heads``); False plans with the profiles throughout (tests
@@ -207,7 +247,7 @@ class DeviceRuntime:
                  emulated_load: EmulatedLoad | None = None,
                  max_accuracy_drop: float = 1.0, hysteresis: float = 0.1, timeout_s: float = 2.0,
                  probe_interval_s: float = 1.0, rtt_ms: float = 20.0,
-                 initial_uplink_mbps: float = 5.0, deadline_factor: float | None = 1.0,
+                 initial_uplink_mbps: float = 5.0, hedge_factor: float | None = 1.0,
                  plan_measured_heads: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  transport: httpx.BaseTransport | None = None) -> None:
@@ -219,8 +259,8 @@ class DeviceRuntime:
         self.timeout_s = _positive("timeout_s", timeout_s)
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s, strict=False)
         self.rtt_ms = _positive("rtt_ms", rtt_ms, strict=False)
-        self.deadline_factor = (None if deadline_factor is None
-                                else _positive("deadline_factor", deadline_factor))
+        self.hedge_factor = (None if hedge_factor is None
+                             else _positive("hedge_factor", hedge_factor, strict=False))
         if not (isinstance(hysteresis, (int, float)) and 0.0 <= hysteresis < 1.0):
             raise InvalidConfigError(f"hysteresis: found {hysteresis!r}; expected a fraction "
                                      "in [0, 1)")
@@ -254,7 +294,8 @@ class DeviceRuntime:
                                     transport=transport)
         self.edge_up = True
         self._last_probe = self._last_sample = clock()
-        self._stalled_until = -math.inf  # after a missed deadline: answer locally until then
+        self._stalled = False  # after a given-up upload: local while the link holds its bytes
+        self._beside: _LocalBeside | None = None  # a local run started beside an upload
         self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.current_variant = self.selector.select(self.conditions()).id
         self._in_use: str | None = None
@@ -263,7 +304,8 @@ class DeviceRuntime:
         self._lock = threading.Lock()
         self.stats: dict = {"requests": 0, "switches": 0, "switch_ms": [], "fallbacks": 0,
                             "errors": [], "probes": 0, "probe_failures": 0, "explorations": 0,
-                            "deadline_misses": 0, "variants": Counter(), "modes": Counter()}
+                            "hedges": 0, "deadline_misses": 0, "variants": Counter(),
+                            "modes": Counter()}
 
     # -- conditions ---------------------------------------------------------------------------
 
@@ -310,8 +352,12 @@ class DeviceRuntime:
             if not self._probe():
                 return self.local_id, True
             self.edge_up = True
-        if now < self._stalled_until:
-            return self.local_id, False
+        if self._stalled:
+            if self.link is not None and self.link.pending():
+                return self.local_id, False
+            # The given-up bytes are out: what the runtime knew of the link predates that, so
+            # a runtime that now prefers local explores at once.
+            self._stalled, self._last_sample = False, -math.inf
         conditions = self.conditions()
         plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
                                                     self.hysteresis)
@@ -327,7 +373,10 @@ class DeviceRuntime:
             if remote:  # explore: refresh the uplink estimate with one remote request
                 self._last_sample, self._just_explored = now, True
                 self.stats["explorations"] += 1
-                return min(remote, key=lambda p: plan_latency_ms(p, conditions)).id, False
+                # Its local answer is computed beside the upload, so when local wins the
+                # exploration costs its head: the cheapest head explores (ties: the best plan).
+                return min(remote, key=lambda p: (p.head_ms + p.encode_ms,
+                                                  plan_latency_ms(p, conditions))).id, False
         return plan.id, False
 
     def _switch_to(self, variant_id: str, decided: float) -> None:
@@ -363,7 +412,7 @@ class DeviceRuntime:
     def _device_compute(self, variant_id: str, compute: Callable[[], object],
                         batch_size: int) -> tuple[object, float]:
         """Run device compute stretched by the emulated load; observe the load it met."""
-        output, seconds = self.emulated_load.stretch(compute)
+        output, seconds = self.emulated_load.stretch(compute, key=(variant_id, batch_size))
         self._observe_device_ms(variant_id, seconds * 1e3 / batch_size)
         return output, seconds * 1e3
 
@@ -432,33 +481,68 @@ class DeviceRuntime:
                                  tables=self.tables.get(variant_id))
         return payload, head_ms
 
-    def _deadline_s(self, batch_size: int) -> float | None:
-        """How long an upload may wait: ``deadline_factor`` x the planned local answer (the
-        selector's own figure, so that the deadline never contradicts its choice)."""
-        if self.link is None or self.deadline_factor is None:
+    def _hedge_s(self, nbytes: int) -> float | None:
+        """How long an upload waits before the local answer is started beside it:
+        ``hedge_factor`` x its planned transfer time; 0 for an exploration (the runtime
+        expects local to win); None without an emulated link or with ``hedge_factor`` None."""
+        if self.link is None or self.hedge_factor is None:
             return None
-        local_ms = plan_latency_ms(self.profiles[self.local_id], self.conditions())
-        return self.deadline_factor * batch_size * local_ms / 1e3
+        if self._just_explored:
+            return 0.0
+        return self.hedge_factor * self.estimator.fit().transfer_ms(nbytes) / 1e3
 
-    def _send(self, payload: bytes, deadline_s: float | None) -> float:
-        """Push the payload through the emulated link (if any); its seconds there, or
-        _DeadlineMissed (the wait is then a sample: the transfer took at least as long)."""
+    def _send(self, payload: bytes, hedge_s: float | None,
+              model_input: Callable[[], np.ndarray]) -> float:
+        """Push the payload through the emulated link (if any); its seconds there. Past
+        ``hedge_s`` the local answer is computed beside the wait (:class:`_LocalBeside`); if
+        it is ready first, _DeadlineMissed carries it (the wait is then a sample: the transfer
+        took at least as long)."""
         if self.link is None:
             return 0.0
-        if deadline_s is None:
+        if hedge_s is None:
             return self.link.send(len(payload))
-        waited, delivered = self.link.send_within(len(payload), deadline_s)
-        if not delivered:
-            self.estimator.observe(len(payload), waited)
-            self._last_sample = self._clock()
-            raise _DeadlineMissed(waited)
-        return waited
+        waited, delivered = self.link.send_within(len(payload), hedge_s)
+        if delivered:
+            return waited
+        self.stats["hedges"] += 1
+        beside = self._beside = _LocalBeside(self.heads[self.local_id], model_input(),
+                                             self.emulated_load, self.local_id)
+        expected_s = beside.expected_s
+        if expected_s is None:  # never run: wait for its first time here, then the rest
+            local_s = self._finish_beside(beside)
+            more, delivered = self.link.wait_sent(max(0.0, local_s - beside.measured_s))
+            waited += beside.measured_s + more
+        else:  # the device computes while the radio waits
+            more, delivered = self.link.wait_sent(expected_s)
+            waited += more
+            if not delivered:
+                local_s = self._finish_beside(beside)
+                if local_s > expected_s:  # this run took longer than its typical time
+                    more, delivered = self.link.wait_sent(local_s - expected_s)
+                    waited += more
+        if delivered:
+            return waited  # the local run is finished (and observed) by the next request
+        self.estimator.observe(len(payload), waited)
+        self._last_sample = self._clock()
+        raise _DeadlineMissed(waited, beside.output, local_s * 1e3)
+
+    def _finish_beside(self, beside: "_LocalBeside | None" = None) -> float:
+        """Wait for the local run started beside an upload; observe its device time (here,
+        not in its thread: the load estimates and the selector are this thread's). Returns
+        its emulated seconds (0 if there is none)."""
+        beside = beside or self._beside
+        if beside is None:
+            return 0.0
+        self._beside = None
+        local_s = beside.join()
+        self._observe_device_ms(self.local_id, local_s * 1e3 / beside.batch_size)
+        return local_s
 
     def _exchange(self, variant_id: str, payload: bytes, batch_size: int,
-                  deadline_s: float | None) -> tuple:
+                  model_input: Callable[[], np.ndarray]) -> tuple:
         """Send one payload; returns (output, transfer_ms, edge_ms) or raises _EdgeFailure
         or _DeadlineMissed."""
-        link_s = self._send(payload, deadline_s)
+        link_s = self._send(payload, self._hedge_s(len(payload)), model_input)
         started = time.perf_counter()
         try:
             response = self._client.post("/v1/infer", content=payload,
@@ -550,28 +634,30 @@ class DeviceRuntime:
             The output and how it was obtained.
         """
         with self._lock:
+            self._finish_beside()  # a local run left over from the last request's hedge
             started = time.perf_counter()
             batch, single = self._as_batch(x)
             variant_id, fallback = self._choose()
             self._switch_to(variant_id, decided=time.perf_counter())
-            transfer_ms = edge_ms = spent_ms = 0.0
+            transfer_ms = edge_ms = 0.0
             if variant_id != self.local_id:
                 try:
                     payload, head_ms = self._payload(variant_id, batch)
                     output, transfer_ms, edge_ms = self._exchange(
-                        variant_id, payload, len(batch), self._deadline_s(len(batch)))
+                        variant_id, payload, len(batch), lambda: self._model_input(batch))
                 except _EdgeFailure as failure:
                     self._mark_down(f"variant {variant_id}: {failure}")
                     variant_id, fallback, transfer_ms, edge_ms = self.local_id, True, 0.0, 0.0
                     self._switch_to(variant_id, decided=time.perf_counter())
+                    output, head_ms = self._run_head(variant_id, self._model_input(batch))
                 except _DeadlineMissed as missed:
                     self.stats["deadline_misses"] += 1
-                    self._stalled_until = self._clock() + self.probe_interval_s
-                    variant_id, spent_ms, transfer_ms = self.local_id, head_ms, missed.seconds * 1e3
+                    self._stalled = True
+                    variant_id, output = self.local_id, missed.output
+                    head_ms, transfer_ms = head_ms + missed.local_ms, missed.seconds * 1e3
                     self._switch_to(variant_id, decided=time.perf_counter())
-            if variant_id == self.local_id:
+            else:
                 output, head_ms = self._run_head(variant_id, self._model_input(batch))
-                head_ms += spent_ms
             mode = self.variants[variant_id].kind
             self.stats["requests"] += 1
             self.stats["variants"][variant_id] += 1

@@ -24,7 +24,15 @@ is a device 10x slower than the host whose slowdown triples for 20 s from 20 s o
 
 :class:`EmulatedLoad` puts a schedule on a clock and stretches a computation to the slowdown
 scheduled when it starts (the device runtime's heads and uploads, the edge's tails), by sleeping
-``measured x (slowdown - 1)`` after it. :class:`LoadEstimator` is what the device runtime knows
+after it. A computation named by a ``key`` (a variant's head at one batch size) takes the
+slowdown x its typical time here (the median of its last runs), plus, unstretched, whatever this
+run took beyond that; one without a key takes ``measured x slowdown``. (Stretching every run's
+own time multiplied the host's jitter too: at 30x, a 50 us cache miss or scheduling delay of a
+2-core host became 1.5 ms of emulated device time. Two sessions of the same head then differed
+by 5 % (the adaptive runtime's ``local`` answers against the fixed ``local`` method's, 6.5 and
+6.19 ms median at 10x), and the per-round best of three near-identical split variants was partly
+the best of three noise draws. A device F times slower than this host computes in F times its
+typical time; this host's hiccups are not the device's.) :class:`LoadEstimator` is what the device runtime knows
 of its load and the edge's: the median of the last few observed / profiled compute ratios.
 """
 
@@ -178,6 +186,9 @@ def read_load_trace(path: str | os.PathLike[str]) -> LoadSchedule:
     return LoadSchedule(tuple(times), tuple(slowdowns), source=name)
 
 
+TYPICAL_RUNS = 25  # a keyed computation's typical time: the median of its last runs
+
+
 class EmulatedLoad:
     """A :class:`LoadSchedule` on a clock, stretching computations to its slowdown.
 
@@ -205,6 +216,8 @@ class EmulatedLoad:
         self.schedule, self.start_offset_s = schedule, float(start_offset_s)
         self._clock, self._sleep, self._timer = clock, sleep, timer
         self._epoch: float | None = clock() if started else None
+        self._runs: dict[object, deque[float]] = {}  # per key: its last measured times
+        self._lock = threading.Lock()
 
     def start(self, epoch: float | None = None) -> None:
         """Start (or restart) the clock: trace time is ``start_offset_s`` at ``epoch`` (a
@@ -227,19 +240,45 @@ class EmulatedLoad:
         result = compute()
         return result, self._timer() - started
 
-    def stretch(self, compute: Callable[[], T]) -> tuple[T, float]:
-        """Run ``compute``, then sleep until it has taken the scheduled slowdown x its time.
+    def device_seconds(self, measured: float, slowdown: float, key: object = None) -> float:
+        """The emulated device's seconds for a computation that took ``measured`` here under
+        ``slowdown``: with a ``key``, ``slowdown`` x the key's typical time (the median of its
+        last TYPICAL_RUNS, this one included) plus what this run took beyond that; else
+        ``measured x slowdown``. ``measured`` itself when ``slowdown`` <= 1."""
+        if slowdown <= 1.0:
+            return measured
+        if key is None:
+            return measured * slowdown
+        with self._lock:
+            runs = self._runs.setdefault(key, deque(maxlen=TYPICAL_RUNS))
+            runs.append(measured)
+            typical = statistics.median(runs)
+        return slowdown * typical + max(0.0, measured - typical)
+
+    def typical_seconds(self, key: object, slowdown: float) -> float | None:
+        """What :meth:`device_seconds` gives a run of ``key`` that takes its typical time
+        under ``slowdown`` (None before its first run): what a caller waits for a computation
+        started beside something else."""
+        with self._lock:
+            runs = self._runs.get(key)
+            typical = statistics.median(runs) if runs else None
+        return None if typical is None else typical * max(1.0, slowdown)
+
+    def stretch(self, compute: Callable[[], T], key: object = None) -> tuple[T, float]:
+        """Run ``compute``, then sleep until it has taken the emulated device's time
+        (:meth:`device_seconds` under the slowdown scheduled when it starts).
 
         Returns:
-            What ``compute`` returned, and the seconds the emulated device took: measured x
-            the slowdown (at least 1). The sleep's own overshoot (tens of microseconds) is an
-            artifact of the emulation, not compute, and is left out.
+            What ``compute`` returned, and the seconds the emulated device took. The sleep's
+            own overshoot (tens of microseconds) is an artifact of the emulation, not compute,
+            and is left out.
         """
         slowdown = self.slowdown_now()  # the load when the work starts holds for all of it
         result, measured = self.measure(compute)
-        if slowdown > 1.0:
-            self._sleep(measured * (slowdown - 1.0))
-        return result, measured * max(1.0, slowdown)
+        seconds = self.device_seconds(measured, slowdown, key)
+        if seconds > measured:
+            self._sleep(seconds - measured)
+        return result, seconds
 
 
 def follow_clock_lines(stream: IO[str], load: EmulatedLoad, *,

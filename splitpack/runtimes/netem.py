@@ -378,6 +378,28 @@ class ShapedLink:
             self._sleep(waited)
         return waited, delay <= timeout_s
 
+    def wait_sent(self, timeout_s: float) -> tuple[float, bool]:
+        """Block until the bytes queued so far have gone out, or for ``timeout_s`` (>= 0)
+        seconds if that comes first (a sender waiting on its socket while it does something
+        else).
+
+        Returns:
+            The seconds waited and whether the queue had drained by then.
+        """
+        timeout_s = _number(timeout_s, "timeout_s")
+        with self._lock:
+            left = self._busy_until - self._now()
+        waited = min(max(left, 0.0), timeout_s)
+        if waited > 0:
+            self._sleep(waited)
+        return waited, left <= timeout_s
+
+    def pending(self) -> bool:
+        """Whether bytes handed to the link have not all gone out yet: what a sender learns
+        from its own socket (unsent bytes in its send queue), not the trace's future."""
+        with self._lock:
+            return self._now() < self._busy_until
+
     def current_mbps(self, window_s: float = 1.0) -> float:
         """Trace capacity over the next ``window_s`` s from now (0: the instant rate), Mbit/s."""
         return self.trace.mbps_at(self._now() + self._offset, window_s)

@@ -32,8 +32,8 @@ one throughput estimate: it answered locally while the edge was faster), and one
 sent large messages does not conclude that small ones are free.
 
 The heavy tail is not a planning figure: a median ignores a stall that one sample met. The
-device runtime bounds it with a deadline per request instead (see
-:mod:`splitpack.runtimes.device`).
+device runtime bounds it per request instead: an upload that waits past its planned time has
+the local answer computed beside it (hedged uploads, :mod:`splitpack.runtimes.device`).
 
 Models tried. ``splitpack bench runtime BUNDLE --trace T --device-slowdown F`` (150 requests)
 on a CIFAR-10 ResNet-20 bundle (``local`` 0.6 ms, ``edge`` a 389 B WebP upload, three splits
@@ -55,7 +55,9 @@ command, on a 2-core host shared with other jobs (load 4-6):
 * this model (delay of the last 2 s), without the deadline (1 run): ATT 10x 1.00, 1.24, 1.00;
   ATT 30x 1.06, 1.75, 0.96; TMo 10x 0.98, 1.52, 0.98; TMo 30x 1.01, 1.53, 0.96: the medians
   are the model's, the means are the outages'.
-* this model with the deadline (the runtime's now; 3 runs): ATT 10x 0.99-1.01, 1.15-1.30,
+* this model with the deadline (the runtime's model until hedged uploads replaced the
+  deadline, and before ``bench runtime`` put every request of a round on the same trace
+  moment and stretched heads by their typical time; 3 runs): ATT 10x 0.99-1.01, 1.15-1.30,
   0.98-1.01; ATT 30x 1.08-1.09, 1.29-1.44, 0.95-0.99; TMo 10x 0.98-1.03, 1.10-1.28,
   0.98-1.02; TMo 30x 0.99-1.01, 1.24-1.33, 0.94-0.96. What is left of the mean: missed
   deadlines (0.05-0.18 of the oracle's mean), rounds answered locally that the edge won

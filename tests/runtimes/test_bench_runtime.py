@@ -288,3 +288,24 @@ def test_an_edge_schedule_given_in_memory_reaches_the_edge_as_a_file() -> None:
         path = bench_runtime._edge_load_file(stack, schedule)
         assert read_load_trace(path).rows() == schedule.rows()
     assert bench_runtime._edge_load_file(ExitStack(), None) is None
+
+
+def test_every_turn_of_a_round_starts_at_the_rounds_trace_moment() -> None:
+    """Two devices take turns in a round that started at wall time 10: each one's link clock
+    reads 10 when its turn starts, runs at the wall clock's pace within the turn, and never
+    goes back."""
+    from splitpack.runtimes.bench_runtime import _TurnClock
+
+    wall = [10.0]
+    first, second = _TurnClock(lambda: wall[0]), _TurnClock(lambda: wall[0])
+    first.begin_turn(10.0)
+    assert first() == 10.0
+    wall[0] = 10.03  # the first device's request took 30 ms
+    assert first() == pytest.approx(10.03)
+    second.begin_turn(10.0)
+    assert second() == 10.0  # not 10.03: the same moment of the trace as the first's
+    wall[0] = 10.05
+    assert second() == pytest.approx(10.02)
+    wall[0] = 10.1  # the next round
+    first.begin_turn(10.1)
+    assert first() == pytest.approx(10.1) and first() >= 10.03

@@ -23,7 +23,7 @@ from splitpack.runtimes.backends import normalize_uint8
 from splitpack.runtimes.bench_support import free_port
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.edge import create_app
-from splitpack.runtimes.load import LoadSchedule
+from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
 from splitpack.runtimes.wire import decode_payload
 from tests.runtimes.conftest import follow_uplink
@@ -96,7 +96,7 @@ def test_end_to_end_switches_falls_back_and_recovers(bundle, edge_process, sampl
     # choices; this host runs every head in well under a millisecond.
     runtime = DeviceRuntime(bundle, edge_process.url, link=ShapedLink(constant_trace(LOW_MBPS)),
                             initial_uplink_mbps=LOW_MBPS, rtt_ms=1.0, timeout_s=1.0, probe_interval_s=0.05,
-                            plan_measured_heads=False)
+                            plan_measured_heads=False, hedge_factor=None)
     with runtime:
         follow_uplink(runtime, inputs, expected, low, high, HIGH_MBPS, _check)
         stats = runtime.stats
@@ -132,7 +132,8 @@ def test_run_command_prints_one_line_per_sample(bundle, edge_process, samples, t
     import splitpack.runtimes.device as device
 
     # the fixture's profiles are made up (local 100 ms); measured, local would answer everything
-    monkeypatch.setattr(device, "DeviceRuntime", functools.partial(DeviceRuntime, plan_measured_heads=False))
+    monkeypatch.setattr(device, "DeviceRuntime", functools.partial(
+        DeviceRuntime, plan_measured_heads=False, hedge_factor=None))
     inputs, expected = samples
     np.save(tmp_path / "inputs.npy", inputs[:4])
     (tmp_path / "trace.csv").write_text("seconds,mbps\n0,1\n1,2\n")
@@ -262,8 +263,11 @@ def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, sam
         first = runtime.infer(inputs[0])
         assert (first.mode, first.fallback) == ("local", False)
         clock.now += 1.0
+        remote = [p for p in runtime.selector.feasible if p.kind != "local"]
+        device_ms = {p.id: p.head_ms + p.encode_ms for p in remote}
         explored = runtime.infer(inputs[1])
         assert explored.mode != "local" and runtime.stats["explorations"] == 1
+        assert device_ms[explored.variant_id] == min(device_ms.values())  # the cheapest head
         _check(explored, expected, 1)
         assert runtime.infer(inputs[2]).mode != "local"  # the new estimate keeps it remote
 
@@ -337,28 +341,47 @@ class LinkClock(FakeClock):
         self.now += seconds
 
 
+class StepTimer:
+    """A compute timer on which every computation takes 1 ms."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001  # read before and after each computation
+        return self.now
+
+
+def _slow_device(clock: LinkClock) -> EmulatedLoad:
+    """A device 100x slower than the StepTimer's 1 ms: every head takes 0.1 s, 1 ms of it
+    computing (on the timer) and 99 ms asleep (on ``clock``)."""
+    return EmulatedLoad(constant_load(100.0), clock=clock, sleep=clock.sleep, timer=StepTimer())
+
+
 def test_an_upload_into_an_outage_is_given_up_and_answered_locally(bundle, app,
                                                                    samples) -> None:
-    """The test bundle's local variant is profiled at 100 ms: an upload that has waited that
-    long is given up, the request answered locally (no fallback: the edge is up), the wait
-    becomes a sample, and the runtime answers locally for a probe interval; once the link is
-    back, the next remote request finds it and the fresh sample outweighs the stale one."""
+    """The upload waits its planned transfer time, then the local answer is computed beside
+    it (0.1 s on this device); the link is out, so the local answer is ready first and
+    answers (no fallback: the edge is up), the wait becomes a sample, and the runtime answers
+    locally while the given-up bytes are still queued; once the link is back, the next remote
+    request finds it and the fresh sample outweighs the stale one."""
     inputs, expected = samples
     edge, clock = FlakyEdge(app), LinkClock()
     outage = from_mbps([0.0, 50.0], bin_seconds=5.0)  # 5 s without capacity, then 50 Mbit/s
     link = ShapedLink(outage, clock=clock, sleep=clock.sleep)
-    with _runtime(bundle, edge, clock, link=link) as runtime:
+    with _runtime(bundle, edge, clock, link=link, emulated_load=_slow_device(clock)) as runtime:
         started = clock.now
         result = runtime.infer(inputs[0])
         assert (result.variant_id, result.mode, result.fallback) == ("local", "local", False)
         _check(result, expected, 0)
-        assert clock.now - started == pytest.approx(0.1)
-        assert result.transfer_ms == pytest.approx(100)
-        assert runtime.stats["deadline_misses"] == 1 and runtime.edge_up
-        assert runtime.stats["fallbacks"] == 0 and edge.bodies == []  # nothing was posted
+        hedge_ms = result.transfer_ms - 100.0  # the planned transfer, then the local answer
+        assert 0 < hedge_ms < 10 and result.head_ms == pytest.approx(200.0)  # head + local
+        assert clock.now - started == pytest.approx(0.099 + hedge_ms / 1e3 + 0.1, abs=1e-3)
+        assert runtime.stats["hedges"] == runtime.stats["deadline_misses"] == 1
+        assert runtime.edge_up and runtime.stats["fallbacks"] == 0 and edge.bodies == []
         assert runtime.estimator.fit().delay_ms > 90  # the wait is a sample
-        clock.now += 0.5  # within the probe interval: local without trying the link
-        assert runtime.infer(inputs[1]).mode == "local" and runtime.stats["deadline_misses"] == 1
+        clock.now += 0.5  # the bytes still wait: local without trying the link
+        assert runtime.infer(inputs[1]).mode == "local" and runtime.stats["hedges"] == 1
         clock.now += 6.0  # the outage is over (the stale sample still says 100 ms)
         result = runtime.infer(inputs[2])
         assert result.mode == "split" and runtime.stats["deadline_misses"] == 1
@@ -367,11 +390,50 @@ def test_an_upload_into_an_outage_is_given_up_and_answered_locally(bundle, app,
         assert runtime.infer(inputs[3]).mode == "split"
 
 
+def test_after_a_missed_deadline_the_runtime_is_local_only_while_the_bytes_wait(
+        bundle, app, samples) -> None:
+    """A short outage (0.5 s): the given-up upload goes out when it ends; until then every
+    request is answered locally without touching the link, and the first one after it
+    sends remotely again (well before a probe interval has passed)."""
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    link = ShapedLink(from_mbps([0.0, 50.0], bin_seconds=0.5), clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, emulated_load=_slow_device(clock)) as runtime:
+        assert runtime.infer(inputs[0]).mode == "local"  # given up at about 0.2 s
+        assert runtime.stats["deadline_misses"] == 1 and link.pending()
+        assert runtime.infer(inputs[1]).mode == "local" and edge.bodies == []  # at 0.3 s
+        assert link.pending()
+        clock.now += 0.25  # 0.55 s: the bytes went out at 0.5 s
+        assert not link.pending()
+        result = runtime.infer(inputs[2])
+        assert result.mode == "split" and runtime.stats["deadline_misses"] == 1
+        _check(result, expected, 2)
+
+
+def test_a_hedged_upload_that_goes_out_first_answers_remotely(bundle, app, samples) -> None:
+    """The upload waits past its planned time (the rate is 10x below the initial guess), the
+    local answer is started beside it, and the upload goes out before that is ready: the
+    remote answer is the one returned."""
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    link = ShapedLink(constant_trace(0.5), clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, emulated_load=_slow_device(clock)) as runtime:
+        started = clock.now
+        result = runtime.infer(inputs[0])
+        assert result.mode == "split" and len(edge.bodies) == 1
+        _check(result, expected, 0)
+        assert runtime.stats["hedges"] == 1 and runtime.stats["deadline_misses"] == 0
+        link_s = len(edge.bodies[0]) * 8e-6 / 0.5
+        assert clock.now - started == pytest.approx(0.099 + link_s, abs=1e-4)  # head, upload
+        assert result.transfer_ms >= link_s * 1e3
+        assert result.head_ms == pytest.approx(100.0)  # the local run beside it does not count
+
+
 def test_without_a_deadline_an_upload_waits_out_the_outage(bundle, app, samples) -> None:
     inputs, _ = samples
     edge, clock = FlakyEdge(app), LinkClock()
     link = ShapedLink(from_mbps([0.0, 50.0], bin_seconds=5.0), clock=clock, sleep=clock.sleep)
-    with _runtime(bundle, edge, clock, link=link, deadline_factor=None) as runtime:
+    with _runtime(bundle, edge, clock, link=link, hedge_factor=None) as runtime:
         result = runtime.infer(inputs[0])
         assert result.mode == "split" and result.transfer_ms >= 5000
         assert runtime.stats["deadline_misses"] == 0
@@ -395,8 +457,8 @@ def test_bad_inputs_are_refused(bundle, app, x, match) -> None:
     ({"backend": "tensorrt"}, "backend 'tensorrt' is not known"),
     ({"threads": 0}, "threads: found 0; expected an int >= 1"),
     ({"threads": 0, "backend": "litert"}, "threads: found 0; expected an int >= 1"),
-    ({"deadline_factor": 0.0}, "deadline_factor: found 0.0; expected a finite number > 0"),
-    ({"deadline_factor": float("inf")}, "deadline_factor: found inf"),
+    ({"hedge_factor": -1.0}, "hedge_factor: found -1.0; expected a finite number >= 0"),
+    ({"hedge_factor": float("inf")}, "hedge_factor: found inf"),
     ({"initial_uplink_mbps": -1.0}, r"initial_uplink_mbps: found -1\.0"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(bundle, options, match) -> None:

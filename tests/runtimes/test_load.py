@@ -128,6 +128,20 @@ def test_slowdown_at_and_changes() -> None:
     assert schedule.rows() == [[5.0, 2.0], [10.0, 6.0], [30.0, 2.0], [40.0, 2.0]]
 
 
+def test_a_keyed_computation_takes_the_slowdown_times_its_typical_time() -> None:
+    """Keyed: 30 x the median of the key's runs, plus what a run took beyond it unstretched;
+    a run faster than typical is padded to the same device time; unkeyed: 30 x each run."""
+    load = EmulatedLoad(LoadSchedule((0.0,), (30.0,)), sleep=lambda seconds: None)
+    runs = [0.001, 0.001, 0.0011, 0.0009, 0.001, 0.003]  # a 2 ms hiccup last
+    keyed = [load.device_seconds(ms, 30.0, key=("cut01", 1)) for ms in runs]
+    assert keyed[:5] == pytest.approx([0.03] * 5, abs=1.6e-3)
+    assert keyed[3] == pytest.approx(0.03)  # faster than typical: padded to 30 x 1 ms
+    assert keyed[5] == pytest.approx(0.03 + 0.002)  # the hiccup counts once, not 30 times
+    assert load.device_seconds(0.003, 30.0) == pytest.approx(0.09)
+    assert load.device_seconds(0.001, 30.0, key=("local", 1)) == pytest.approx(0.03)  # own key
+    assert load.device_seconds(0.002, 1.0, key=("cut01", 1)) == 0.002  # nothing at <= 1
+
+
 def test_stretch_follows_the_schedule_on_its_clock() -> None:
     time = FakeTime()
     load = time.load(LoadSchedule((0.0, 10.0, 30.0), (2.0, 6.0, 0.5)), start_offset_s=4.0)

@@ -403,3 +403,15 @@ def test_estimator_tracks_a_shaped_link():
     for _ in range(5):
         estimator.observe(50_000, link.send(50_000))
     assert estimator.estimate_mbps() == pytest.approx(6.0)
+
+
+def test_pending_says_whether_queued_bytes_are_still_going_out():
+    clock = FakeClock()
+    link = ShapedLink(from_mbps([0.0, 8.0], bin_seconds=1.0), clock=clock, sleep=clock.sleep)
+    assert not link.pending()
+    link.send_within(1000, timeout_s=0.25)  # given up in the outage: still queued
+    assert link.pending()
+    clock.now += 0.74
+    assert link.pending()  # goes out at 1.001 s
+    clock.now += 0.02
+    assert not link.pending()
