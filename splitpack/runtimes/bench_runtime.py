@@ -202,8 +202,8 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
     moment (the round's start; before, at its turn's start, up to a round's time later), on the
     same machine state. One :class:`EmulatedLoad` of ``device_load``, started at that moment
     too, stretches every device's compute, keyed by variant (:meth:`EmulatedLoad.stretch`:
-    every method that runs a head gets the same device time for it, up to host jitter); ``start_edge_clock`` (given the wall-clock time of that moment) starts
-    the edge's. The devices take turns one after another (never two requests at once) in an
+    every method that runs a head gets the same device time for it, up to host jitter);
+    ``start_edge_clock`` (given the wall-clock time of that moment) starts the edge's. The devices take turns one after another (never two requests at once) in an
     order drawn at random each round (seeded), so that none is always first after the pause
     and none always follows the same method. (The order was rotated by one each round, which
     keeps every method behind the same one: in the demo's bundle, the adaptive runtime always

@@ -72,13 +72,14 @@ runs beside uploads on a steady link) was tried on the nine runs and not kept: 1
 
 Tried and not kept: raising every remote plan by what the last 9 remote answers took beyond
 their plans (encoding, decoding and bookkeeping, which no profile holds). In the demo's
-0.3 Mbit/s phase the runtime stays on a split whose plan is about 3 ms short (24.90 ms median
-where ``local`` took 20.91, inside the 10 % hysteresis); with the term it answered locally
-(19.66 against 19.44). But over the nine trace runs the adaptive median went to 1.02-1.16x the
-best fixed method's (1 and 0 of 9 runs met every mark, in two sweeps: with the whole excess,
-then with the link's share left to the transfer estimator) against 1.006-1.062x without it:
-the excess is noisy on cellular links and held the runtime on ``local`` where splits were
-faster (Verizon 30x: 27 local answers at 19.4 ms where the splits took 13.4).
+0.3 Mbit/s phase the runtime stays on a split whose plan falls short of its requests' time by
+more than the 10 % hysteresis (24.90 ms median where ``local`` took 20.91); with the term it
+answered locally (19.66 against 19.44). But over the nine trace runs the adaptive median went
+to 1.02-1.16x the best fixed method's (1 and 0 of 9 runs met every mark, in two sweeps: with
+the whole excess, then with the link's share left to the transfer estimator) against
+1.006-1.062x without it: the excess is noisy on cellular links and held the runtime on
+``local`` where splits were faster (Verizon 30x: 27 local answers at 19.4 ms where the splits
+took 13.4).
 
 Runs on devices: numpy, httpx, onnxruntime (or ai-edge-litert), pydantic, constriction,
 Pillow, standard library.

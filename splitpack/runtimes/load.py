@@ -32,8 +32,9 @@ own time multiplied the host's jitter too: at 30x, a 50 us cache miss or schedul
 by 5 % (the adaptive runtime's ``local`` answers against the fixed ``local`` method's, 6.5 and
 6.19 ms median at 10x), and the per-round best of three near-identical split variants was partly
 the best of three noise draws. A device F times slower than this host computes in F times its
-typical time; this host's hiccups are not the device's.) :class:`LoadEstimator` is what the device runtime knows
-of its load and the edge's: the median of the last few observed / profiled compute ratios.
+typical time; this host's hiccups are not the device's.) :class:`LoadEstimator` is what the
+device runtime knows of its load and the edge's: the median of the last few observed /
+profiled compute ratios.
 """
 
 from __future__ import annotations
