@@ -4,10 +4,10 @@ Starts the bundle's edge server on loopback, runs :class:`DeviceRuntime` over a 
 emulated uplink for ``--requests`` requests (one every ``--pause`` s, after 20 warm-up ones) and
 prints the median of each part of a request's wall time: choosing the variant, the head and
 payload (stretched to ``--device-slowdown``), the emulated link (with the hedged local answer
-when the upload waits past its planned time), the HTTP exchange (``post``, the edge's tail
-included), waiting for a local run left over from the last hedge (``finish``), and the rest
-(input checks, decoding the answer, the estimators' refits, statistics). ``--no-hedge`` runs
-without hedged uploads.
+when the upload waits past its planned time and the local run's time), the HTTP exchange
+(``post``, the edge's tail included), and the rest (input checks, decoding the answer, the
+estimators' refits, statistics); then how many uploads were hedged and how many of those ran
+the local head. ``--no-hedge`` runs without hedged uploads.
 
 Usage::
 
@@ -29,7 +29,7 @@ from splitpack.runtimes.bench_support import edge_server  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.netem import ShapedLink, constant_trace  # noqa: E402
 
-PARTS = ("_choose", "_payload", "_send", "post", "_finish_beside")
+PARTS = ("_choose", "_payload", "_send", "post")
 
 
 def _timed(owner: object, name: str, spent: dict[str, float]) -> None:
@@ -62,9 +62,12 @@ def main() -> int:
         runtime = DeviceRuntime(bundle, edge.url, device_slowdown=args.device_slowdown,
                                 rtt_ms=1.0, threads=1, link=ShapedLink(constant_trace(args.mbps)),
                                 hedge_factor=None if args.no_hedge else 1.0)
-        for name in PARTS[:3] + PARTS[4:]:
+        for name in PARTS[:3]:
             _timed(runtime, name, spent)
         _timed(runtime._client, "post", spent)
+        local_runs = []
+        beside = runtime._local_beside
+        runtime._local_beside = lambda *args: local_runs.append(1) or beside(*args)
         for index in range(20):  # warm-up
             runtime.infer(inputs[index % len(inputs)])
         rows, used = [], set()
@@ -77,10 +80,11 @@ def main() -> int:
             rows.append([total] + [spent.get(name, 0.0) for name in PARTS])
         runtime.close()
     medians = np.median(np.array(rows), axis=0) * 1e3
-    names = ("total",) + tuple(name.strip("_").replace("_beside", "") for name in PARTS)
+    names = ("total",) + tuple(name.strip("_") for name in PARTS)
     print("  ".join(f"{name} {ms:.3f}" for name, ms in zip(names, medians))
           + f"  rest {medians[0] - medians[1:].sum():.3f} ms (medians); hedges "
-          f"{runtime.stats['hedges']} of {args.requests + 20}; variants {sorted(used)}")
+          f"{runtime.stats['hedges']} of {args.requests + 20}, {len(local_runs)} ran the local "
+          f"head; variants {sorted(used)}")
     return 0
 
 

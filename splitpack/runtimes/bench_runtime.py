@@ -65,6 +65,7 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
+from splitpack.predictors.latency import plan_latency_ms
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )  # fmt: skip
@@ -264,9 +265,13 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
 
 
 def _conditions_seen(runtime: DeviceRuntime) -> dict:
-    """What the adaptive runtime's selector will see for the next request."""
+    """What the adaptive runtime's selector will see for the next request, and the latency
+    it plans for each feasible variant under it (ms; read outside the timed request)."""
+    conditions = runtime.conditions()
     return {"estimated_mbps": round(runtime.estimator.estimate_mbps(), 4),
-            "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3)}
+            "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3),
+            "plans_ms": {p.id: round(plan_latency_ms(p, conditions), 3)
+                         for p in runtime.selector.feasible}}
 
 
 def _warm_up(fixed: dict[str, _FixedVariant], inputs: np.ndarray) -> float:
@@ -301,8 +306,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                           start_offset_s: float = 0.0, device_slowdown: float | None = None,
                           load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
                           edge_load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
-                          threads: int | None = DEFAULT_THREADS, port: int = 0,
-                          out_json: str | os.PathLike[str] | None = None,
+                          threads: int | None = DEFAULT_THREADS, hysteresis: float = 0.1,
+                          port: int = 0, out_json: str | os.PathLike[str] | None = None,
                           out_png: str | os.PathLike[str] | None = None) -> dict:
     """Replay ``trace`` against a real edge process: adaptive runtime and every fixed choice.
 
@@ -327,6 +332,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
             on a 2-core host, in one interleaved run with ONNX Runtime's default threads, the
             adaptive runtime's ``local`` requests took 3.4 ms (median) and the local-only
             method's 4.1 ms, the same head; with one thread each, 3.0 and 2.9 ms.
+        hysteresis: The adaptive runtime's (``DeviceRuntime(hysteresis=...)``): the fraction
+            by which a variant's plan must beat the current one's to switch.
         port: The edge server's loopback port; 0 (the default) for a free one.
         out_json, out_png: Where to write the result and its plot (optional).
 
@@ -379,7 +386,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
             httpx.Client(base_url=edge.url, timeout=10.0)), None, steady) for vid in fixed_ids}
         rtt_ms = _warm_up(fixed, inputs)
         runtime = stack.enter_context(DeviceRuntime(
-            opened, edge.url, device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads))
+            opened, edge.url, device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads,
+            hysteresis=hysteresis))
         for head in runtime.heads.values():  # a head's first run is slow; not the device's state
             head.run(model_input(manifest, inputs[:1]))
         logs = _replay({"adaptive": runtime, **fixed}, replayed, inputs, expected,
@@ -415,7 +423,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                           logs["adaptive"], schedule.changes(start_offset_s,
                                                              start_offset_s + span_s))
                       for name, schedule in schedules.items()},
-                  rtt_ms=rtt_ms, threads=threads, bundle={
+                  rtt_ms=rtt_ms, threads=threads, hysteresis=hysteresis, bundle={
                       "path": os.fspath(opened.root), "model_id": manifest.model_id,
                       "bundle_id": manifest.bundle_id,
                       "profiles_device_slowdown": manifest.profiles.get("device_slowdown"),
@@ -476,6 +484,9 @@ def add_bench_runtime_commands(bench_subparsers: argparse._SubParsersAction) -> 
                          "stretches its tails to them, on the same clock")
     runtime.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                          help=f"threads of every head and tail session (default {DEFAULT_THREADS})")
+    runtime.add_argument("--hysteresis", type=float, default=0.1,
+                         help="the adaptive runtime's: the fraction by which a variant's plan "
+                         "must beat the current one's to switch (default 0.1)")
     runtime.add_argument("--out", required=True, help="runtime JSON to write")
     runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
     runtime.set_defaults(handler=_cmd_bench_runtime)
@@ -491,7 +502,8 @@ def _cmd_bench_runtime(args: argparse.Namespace) -> int:
                                    device_slowdown=args.device_slowdown,
                                    load_trace=args.load_trace,
                                    edge_load_trace=args.edge_load_trace,
-                                   threads=args.threads, out_json=args.out,
+                                   threads=args.threads, hysteresis=args.hysteresis,
+                                   out_json=args.out,
                                    out_png=args.plot)
     medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
                         if ms is not None)

@@ -394,6 +394,13 @@ class ShapedLink:
             self._sleep(waited)
         return waited, left <= timeout_s
 
+    def backlog_s(self) -> float:
+        """Seconds until the bytes handed to the link so far have gone out; <= 0 once they
+        have (minus how long ago). For an emulation that compares the moment they went out
+        with another that it computed (the device runtime's hedged uploads)."""
+        with self._lock:
+            return self._busy_until - self._now()
+
     def pending(self) -> bool:
         """Whether bytes handed to the link have not all gone out yet: what a sender learns
         from its own socket (unsent bytes in its send queue), not the trace's future."""

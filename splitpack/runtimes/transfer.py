@@ -73,7 +73,9 @@ Runs on devices: numpy and the standard library only.
 
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -119,6 +121,12 @@ class TransferFit:
     def transfer_ms(self, nbytes: float) -> float:
         """Predicted milliseconds to send ``nbytes`` (>= 0)."""
         return self.delay_ms + _number(nbytes, "nbytes") / (self.mbps * _BYTES_PER_MBIT) * 1e3
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index pairs (i < j) of ``count`` samples (cached: one array per window length)."""
+    return np.triu_indices(count, k=1)
 
 
 class TransferEstimator:
@@ -194,18 +202,21 @@ class TransferEstimator:
         if identified:
             self._seconds_per_byte = slope
         # delay >= 0, so the rate is at least what the messages achieved, delay included.
-        seconds_per_byte = min(self._seconds_per_byte, float(np.median(seconds / sizes)))
-        times = np.array(self._times)[-self.delay_window:]
-        recent = slice(len(sizes) - int(np.sum(times >= times[-1] - self.delay_span_s)), None)
-        residuals = seconds[recent] - seconds_per_byte * sizes[recent]
-        delay_s = max(0.0, float(np.median(residuals)))
+        # statistics.median: on these few numbers a tenth of np.median's call overhead, and
+        # the fit is on every remote request's path.
+        seconds_per_byte = min(self._seconds_per_byte,
+                               statistics.median((seconds / sizes).tolist()))
+        times = list(self._times)[-self.delay_window:]
+        recent = sum(1 for t in times if t >= times[-1] - self.delay_span_s)
+        residuals = seconds[-recent:] - seconds_per_byte * sizes[-recent:]
+        delay_s = max(0.0, statistics.median(residuals.tolist()))
         return TransferFit(delay_s * 1e3, 1.0 / (seconds_per_byte * _BYTES_PER_MBIT),
                            len(sizes), identified)
 
     def _slope(self, sizes: np.ndarray, seconds: np.ndarray) -> tuple[float, bool]:
         """Theil–Sen slope over the pairs of far-apart sizes, each pair weighted by how many
         bytes apart it is; (0, False) if there is no such pair or the slope is not > 0."""
-        first, second = np.triu_indices(len(sizes), k=1)
+        first, second = _pairs(len(sizes))
         low = np.minimum(sizes[first], sizes[second])
         high = np.maximum(sizes[first], sizes[second])
         apart = high >= self.min_size_ratio * low

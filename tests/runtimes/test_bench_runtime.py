@@ -71,7 +71,20 @@ def test_runtime_benchmark_writes_every_key(runtime_result, split_ids) -> None:
     assert set(written["runs"]) == {"adaptive", *split_ids, "local", "edge"}
     assert written["requests"] == 40 and written["device_slowdown"] == 2.0
     assert isinstance(written["runs"]["adaptive"]["deadline_misses"], int)
+    assert written["hysteresis"] == 0.1
     assert (out / "runtime.png").stat().st_size > 0
+
+
+def test_the_log_holds_what_the_runtime_planned_for_each_variant(runtime_result,
+                                                                 split_ids) -> None:
+    """Each request's record has the latency the runtime planned for every feasible variant
+    just before it; the variant it then chose (if not an exploration) is among them."""
+    result, _ = runtime_result
+    for record in result["log"]:
+        plans = record["plans_ms"]
+        assert {"local", "edge", *split_ids} >= set(plans) >= {"local"}
+        assert all(isinstance(ms, float) and ms > 0 for ms in plans.values())
+        assert record["variant"] in plans
 
 
 def test_each_round_takes_turns_in_its_own_order(runtime_result) -> None:

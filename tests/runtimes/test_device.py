@@ -429,6 +429,47 @@ def test_a_hedged_upload_that_goes_out_first_answers_remotely(bundle, app, sampl
         assert result.head_ms == pytest.approx(100.0)  # the local run beside it does not count
 
 
+class _CountingHead:
+    """Wraps a head and counts its runs."""
+
+    def __init__(self, head) -> None:
+        self.head, self.runs = head, 0
+
+    def run(self, inputs):
+        self.runs += 1
+        return self.head.run(inputs)
+
+
+@pytest.mark.parametrize("mbps, answered_by", [(0.5, "split"), (0.0, "local")])
+def test_a_hedge_computes_the_local_answer_only_when_it_is_needed(bundle, app, samples, mbps,
+                                                                   answered_by) -> None:
+    """Once the local run's typical time is known, a hedged upload waits for that time less
+    its host share before the local head runs: an upload that goes out in that wait answers
+    without a local run; one into an outage is answered locally, the link waited on for the
+    local run's device time (99 ms here: 100 ms less the 1 ms the fake timer gives the run)."""
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    trace = constant_trace(0.5) if mbps else from_mbps([0.0, 50.0], bin_seconds=5.0)
+    link = ShapedLink(trace, clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, emulated_load=_slow_device(clock)) as runtime:
+        local = runtime.heads[runtime.local_id] = _CountingHead(runtime.heads[runtime.local_id])
+        runtime.emulated_load.device_seconds(0.001, 100.0, key=(runtime.local_id, 1))  # typical
+        started = clock.now
+        result = runtime.infer(inputs[0])
+        assert result.mode == answered_by and runtime.stats["hedges"] == 1
+        _check(result, expected, 0)
+        if answered_by == "split":
+            assert local.runs == 0 and runtime.stats["deadline_misses"] == 0
+            link_s = len(edge.bodies[0]) * 8e-6 / 0.5
+            assert clock.now - started == pytest.approx(0.099 + link_s, abs=1e-4)
+        else:
+            assert local.runs == 1 and runtime.stats["deadline_misses"] == 1
+            hedge_s = clock.now - started - 0.099 - 0.099  # head, hedge, the local run's wait
+            assert 0 < hedge_s < 0.01 and edge.bodies == []
+            assert result.transfer_ms == pytest.approx((hedge_s + 0.1) * 1e3)  # + its 1 ms here
+            assert result.head_ms == pytest.approx(200.0)
+
+
 def test_without_a_deadline_an_upload_waits_out_the_outage(bundle, app, samples) -> None:
     inputs, _ = samples
     edge, clock = FlakyEdge(app), LinkClock()
@@ -555,6 +596,28 @@ def test_the_runtime_follows_a_device_load_from_what_it_measures(bundle, app, sa
     back = next(t for t, variant, _ in selected if t >= 30.0 and variant == usual)
     assert back < 31.0
     assert {variant for t, variant, _ in selected if t >= back} == {usual}
+
+
+def test_a_reference_set_by_slow_first_runs_comes_down_and_a_load_does_not_raise_it(
+        bundle, app) -> None:
+    """A head's first runs are slow: once three later runs take less (by more than the
+    slack), their median is its reference and its plan; runs three times slower (a load)
+    read as load 3 and leave the reference where it is."""
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock, plan_measured_heads=True, device_slowdown=10.0) as runtime:
+        for _ in range(3):
+            runtime._observe_device_ms("local", 12.0)  # the first runs
+        assert runtime.unloaded_ms["local"] == 12.0
+        runtime._observe_device_ms("local", 11.9)
+        runtime._observe_device_ms("local", 11.9)
+        assert runtime.unloaded_ms["local"] == 12.0  # within the slack (and one is 12)
+        runtime._observe_device_ms("local", 10.0)
+        runtime._observe_device_ms("local", 10.0)
+        assert runtime.unloaded_ms["local"] == 10.0  # median of 11.9, 10, 10
+        assert runtime.profiles["local"].head_ms == pytest.approx(1.0)  # 10 ms / 10x
+        for _ in range(5):
+            runtime._observe_device_ms("local", 30.0)
+        assert runtime.unloaded_ms["local"] == 10.0 and runtime.device_load == pytest.approx(3.0)
 
 
 def test_measured_heads_replace_their_profiles_and_unmeasured_ones_stay_optimistic(bundle, app) -> None:

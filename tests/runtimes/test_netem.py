@@ -415,3 +415,13 @@ def test_pending_says_whether_queued_bytes_are_still_going_out():
     assert link.pending()  # goes out at 1.001 s
     clock.now += 0.02
     assert not link.pending()
+
+
+def test_backlog_says_when_queued_bytes_go_out_or_went_out():
+    clock = FakeClock()
+    link = ShapedLink(from_mbps([0.0, 8.0], bin_seconds=1.0), clock=clock, sleep=clock.sleep)
+    assert link.backlog_s() <= 0.0
+    link.send_within(1000, timeout_s=0.25)  # queued at 0 s, goes out at 1.001 s
+    assert link.backlog_s() == pytest.approx(0.751)
+    clock.now += 0.8
+    assert link.backlog_s() == pytest.approx(-0.049)  # went out 49 ms ago
