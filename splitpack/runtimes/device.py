@@ -440,8 +440,8 @@ class DeviceRuntime:
             self.device_loads.observe(sample_ms, reference)
             recent = self._recent_ms.setdefault(variant_id, deque(maxlen=REFERENCE_REQUESTS))
             recent.append(sample_ms)
-            lower = statistics.median(recent)
-            if len(recent) == REFERENCE_REQUESTS and lower < (1 - REFERENCE_SLACK) * reference:
+            lower = statistics.median(recent) if len(recent) == REFERENCE_REQUESTS else reference
+            if lower < (1 - REFERENCE_SLACK) * reference:
                 self.unloaded_ms[variant_id] = lower  # it was set high: see the docstring
                 if self.plan_measured_heads:
                     self._plan_with_measured_heads()
@@ -518,11 +518,10 @@ class DeviceRuntime:
             return self.link.send(len(payload))
         key = (self.local_id, batch_size)
         slowdown = self.emulated_load.slowdown_now()
-        expected_s = self.emulated_load.typical_seconds(key, slowdown)
+        host_s = self.emulated_load.typical_seconds(key, 1.0)  # None before its first run
         # While the device computes the local answer, the radio waits: only the last of that
         # (the host's share) needs the host, so one wait covers the rest.
-        lead_s = 0.0 if expected_s is None else max(
-            0.0, expected_s - self.emulated_load.typical_seconds(key, 1.0))
+        lead_s = 0.0 if host_s is None else host_s * (max(1.0, slowdown) - 1.0)
         waited, delivered = self.link.send_within(len(payload), hedge_s + lead_s)
         if not delivered or waited > hedge_s:  # not out by hedge_s: hedged
             self.stats["hedges"] += 1

@@ -387,8 +387,7 @@ class ShapedLink:
             The seconds waited and whether the queue had drained by then.
         """
         timeout_s = _number(timeout_s, "timeout_s")
-        with self._lock:
-            left = self._busy_until - self._now()
+        left = self.backlog_s()
         waited = min(max(left, 0.0), timeout_s)
         if waited > 0:
             self._sleep(waited)
@@ -404,8 +403,7 @@ class ShapedLink:
     def pending(self) -> bool:
         """Whether bytes handed to the link have not all gone out yet: what a sender learns
         from its own socket (unsent bytes in its send queue), not the trace's future."""
-        with self._lock:
-            return self._now() < self._busy_until
+        return self.backlog_s() > 0.0
 
     def current_mbps(self, window_s: float = 1.0) -> float:
         """Trace capacity over the next ``window_s`` s from now (0: the instant rate), Mbit/s."""

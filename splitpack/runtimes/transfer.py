@@ -202,8 +202,8 @@ class TransferEstimator:
         if identified:
             self._seconds_per_byte = slope
         # delay >= 0, so the rate is at least what the messages achieved, delay included.
-        # statistics.median: on these few numbers a tenth of np.median's call overhead, and
-        # the fit is on every remote request's path.
+        # statistics.median: on these few numbers it costs less than np.median's call
+        # overhead, and the fit is on every remote request's path.
         seconds_per_byte = min(self._seconds_per_byte,
                                statistics.median((seconds / sizes).tolist()))
         times = list(self._times)[-self.delay_window:]
