@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[compiler,tflite,serve,ray,triton,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[compiler,tflite,serve,ray,triton,bench,dev]'
 	touch $(STAMP)
 
 test: install

@@ -38,11 +38,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from splitpack.packaging import read_bundle, read_samples  # noqa: E402
+from splitpack.formats import read_bundle, read_samples  # noqa: E402
 from splitpack.runtimes.backends import OnnxBackend, normalize_uint8  # noqa: E402
-from splitpack.runtimes.bench_support import free_port  # noqa: E402
+from splitpack.serve.loopback import free_port  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
-from splitpack.runtimes.wire import round_trip_codes  # noqa: E402
+from splitpack.formats.wire import round_trip_codes  # noqa: E402
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 CUDA_OPTIONS: dict = {}  # --no-tf32 sets use_tf32=0

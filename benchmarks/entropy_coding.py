@@ -6,7 +6,7 @@ For a few realistic cut shapes and bit widths (feature maps (C, H, W), a pooled 
 tokens (T, D)), codes are made like those of a ReLU feature map: per channel, a normal with its
 own mean and spread, clipped at zero (so 30-80 % of the codes are 0), quantized to ``bits`` over
 the channel's calibrated range. Tables are calibrated on ``--train`` samples
-(:func:`splitpack.runtimes.entropy.calibrate_tables`); on ``--test`` other samples the script
+(:func:`splitpack.formats.entropy.calibrate_tables`); on ``--test`` other samples the script
 measures, in the same run and process:
 
 * ``entropy``: :func:`encode_codes` + :func:`decode_codes` of one sample (one message's work),
@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from splitpack.runtimes.entropy import calibrate_tables, decode_codes, encode_codes  # noqa: E402
-from splitpack.runtimes.wire import (  # noqa: E402
+from splitpack.formats.entropy import calibrate_tables, decode_codes, encode_codes  # noqa: E402
+from splitpack.formats.wire import (  # noqa: E402
     decode_payload, encode_payload, pack_codes, unpack_codes,
 )
 

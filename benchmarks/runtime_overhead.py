@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from splitpack.packaging.bundle import read_bundle, read_samples  # noqa: E402
-from splitpack.runtimes.bench_support import edge_server  # noqa: E402
+from splitpack.formats.bundle import read_bundle, read_samples  # noqa: E402
+from splitpack.serve.loopback import edge_server  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.netem import ShapedLink, constant_trace  # noqa: E402
 

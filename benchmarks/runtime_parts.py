@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import splitpack.runtimes.bench_runtime as bench_runtime  # noqa: E402
+import splitpack.bench.runtime as bench_runtime  # noqa: E402
 from splitpack.runtimes.netem import constant_trace  # noqa: E402
 
 PARTS = ("latency_ms", "head_ms", "transfer_ms", "edge_ms")

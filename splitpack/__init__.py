@@ -11,7 +11,7 @@ from splitpack.errors import (
     WireFormatError,
 )
 
-__version__ = "0.1.0"
+from splitpack._version import __version__
 
 __all__ = [
     "__version__",

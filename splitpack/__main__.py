@@ -1,7 +1,5 @@
 """``python -m splitpack``: the same as the ``splitpack`` command."""
 
-import sys
+from splitpack.cli import run_as
 
-from splitpack.cli import main
-
-sys.exit(main())
+run_as([])

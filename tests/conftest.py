@@ -1,8 +1,13 @@
-"""Shared fixtures: a trained digits reference model (trained once per test session)."""
+"""Shared fixtures: a trained digits reference model (trained once per test session), and the
+small real bundles of :mod:`tests.bundles` (built once per session, where a test asks)."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.bundles import (  # noqa: F401  (fixtures, found by pytest by name)
+    bundle, bundle_path, entropy_bundle, entropy_bundle_path, split_ids, wire_id,
+)
 
 
 @pytest.fixture(scope="session")

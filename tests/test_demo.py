@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from splitpack.cli import main
-from splitpack.demo import demo_summary, phase_summary
+from splitpack.cli.demo import demo_summary, phase_summary
 
 PHASES = [{"mbps": 20.0, "start_s": 0.0, "end_s": 1.0}, {"mbps": 0.3, "start_s": 1.0, "end_s": 2.0}]
 

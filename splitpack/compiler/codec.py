@@ -26,7 +26,7 @@ The per-channel quantization parameters are constants inside the head (encoder) 
 
 compression_ratio = float32 bytes of the cut tensor ÷ bytes of the bit-packed codes. It counts
 the codes only; the wire header (36 bytes + the ids + 4 per dimension: 72–80 bytes in the demo
-bundle, see ``runtimes.wire``) and entropy coding are reported separately in ``payload_bytes``.
+bundle, see ``formats.wire``) and entropy coding are reported separately in ``payload_bytes``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ __all__ = [
     "codes_shape",
     "compression_ratio",
     "quantization_params",
-    "build_codec_modules",
 ]
 
 SUPPORTED_BITS = (1, 2, 4, 6, 8)
@@ -264,23 +263,3 @@ def codec_ladder(cut_shape: tuple[int, ...], count: int = 16) -> list[CodecSpec]
     return sorted(chosen, key=lambda c: (compression_ratio(cut_shape, c), c))
 
 
-def build_codec_modules(cut_shape: tuple[int, ...], codec: CodecSpec, calibration=None):
-    """Build the torch encoder and decoder for one codec at one cut.
-
-    Args:
-        cut_shape: per-sample shape of the cut tensor.
-        codec: the codec.
-        calibration: training features at the cut, float32 (N, *cut_shape). They set the
-            projections (principal components, or the identity when every channel is kept) and
-            the quantization ranges; without them the projections are the identity or random and
-            the range is [-1, 1] (for tests that do not train).
-
-    Returns:
-        ``(encoder, decoder)``: ``encoder(features) -> codes`` (uint8 in eval mode; in training
-        mode it returns dequantized values through a straight-through estimator) and
-        ``decoder(codes) -> features``.
-    """
-    from splitpack.compiler._codec_torch import build_modules
-
-    check_codec_fits(cut_shape, codec)
-    return build_modules(cut_shape, codec, calibration)

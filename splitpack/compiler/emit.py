@@ -22,21 +22,21 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-import splitpack
 from splitpack.compiler.codec import codes_shape, parse_codec, quantization_params
 from splitpack.compiler.evaluate import evaluate_split
 from splitpack.compiler.graph import graph_inputs
+from splitpack._version import __version__
 from splitpack.errors import InvalidConfigError
 from splitpack.compiler.input_upload import InputUploadChoice
 from splitpack.compiler.train import run_onnx
-from splitpack.packaging.bundle import pack_bundle, write_bundle
-from splitpack.packaging.manifest import SCHEMA_VERSION
+from splitpack.formats.bundle import pack_bundle, write_bundle
+from splitpack.formats.manifest import SCHEMA_VERSION
 from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, entropy_message_sizes
-from splitpack.runtimes.entropy import (
+from splitpack.formats.entropy import (
     EntropyTables, calibrate_tables, decode_codes, encode_codes, tables_to_bytes,
 )  # fmt: skip
 from splitpack.runtimes.verify import verify_bundle
-from splitpack.runtimes.wire import (
+from splitpack.formats.wire import (
     decode_payload, encode_payload, header_bytes, measure_payload_bytes, message_bytes,
 )  # fmt: skip
 
@@ -277,7 +277,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
     fields = {
         "schema_version": SCHEMA_VERSION,
         "model_id": model_id_of(settings.model),
-        "created_by": f"splitpack {splitpack.__version__}",
+        "created_by": f"splitpack {__version__}",
         "input": {"name": graph_input.name, "dtype": "float32", "shape": ["batch"] + list(input_shape)},
         "output": {"name": model.graph.output[0].name, "dtype": "float32", "shape": ["batch", classes]},
         "num_classes": classes,

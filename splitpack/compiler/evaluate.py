@@ -10,7 +10,7 @@ import onnx
 
 from splitpack.compiler.train import run_onnx
 from splitpack.errors import InternalError
-from splitpack.runtimes.wire import round_trip_codes
+from splitpack.formats.wire import round_trip_codes
 
 __all__ = ["SplitEvaluation", "accuracy_percent", "evaluate_model", "evaluate_split"]
 

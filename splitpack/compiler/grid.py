@@ -4,7 +4,7 @@ judged against, and the source of its training samples inside ``compile``.
 Each cell is calibrated or trained (``compiler.train``), spliced into ONNX
 (``compiler.splice``) and measured through ONNX Runtime (``compiler.evaluate``). A cell is
 written once per wire coding: ``bitpack`` and ``entropy`` (tables calibrated on the training
-codes, ``runtimes.entropy``) share one accuracy, and ``payload_bytes`` is the true size of the
+codes, ``formats.entropy``) share one accuracy, and ``payload_bytes`` is the true size of the
 wire message of one test sample, header included (mean and p95 over the test set) — in entropy
 mode per message the smaller of the entropy-coded and bit-packed one, as the device sends it;
 ``entropy_only_payload_bytes`` is the mean of the entropy-coded messages alone. A
@@ -35,7 +35,7 @@ from splitpack.compiler.splice import build_variant
 from splitpack.compiler.train import DEFAULT_EPOCHS, TrainedCodec, compute_cut_features, frozen_tail, train_codec
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import WIRE_BUNDLE_ID_LENGTH
-from splitpack.runtimes.wire import message_bytes
+from splitpack.formats.wire import message_bytes
 
 __all__ = ["CODINGS", "Cell", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
 
@@ -92,7 +92,7 @@ def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, dataset
     codes of training inputs as ``compile`` calibrates them."""
     from splitpack.compiler.emit import entropy_calibration_codes
     from splitpack.runtimes.backends import entropy_message_sizes
-    from splitpack.runtimes.entropy import calibrate_tables
+    from splitpack.formats.entropy import calibrate_tables
 
     tables = calibrate_tables(entropy_calibration_codes(head, dataset), codec.bits)
     return entropy_message_sizes(test_codes, bits=codec.bits, tables=tables, variant_id=variant_id(cut, codec))

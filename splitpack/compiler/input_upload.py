@@ -4,7 +4,7 @@ through the model still meets the floor, or lossless when none does.
 This is what a user would do instead of splitting the model (sc2bench's finding: most
 split-computing codecs do not beat a JPEG of the input at equal accuracy), so it is measured
 as honestly as the split variants: every image goes through a real wire message
-(:func:`~splitpack.runtimes.wire.encode_payload`, then ``decode_payload`` as the edge does),
+(:func:`~splitpack.formats.wire.encode_payload`, then ``decode_payload`` as the edge does),
 its bytes are the message's (header included), and the decoded pixels are normalized with the
 manifest's preprocessing and run through the model.
 """
@@ -19,10 +19,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
-from splitpack.packaging.manifest import Preprocessing
+from splitpack.formats.manifest import Preprocessing
 from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, OnnxBackend, normalize_uint8
-from splitpack.runtimes.images import LOSSY_FORMATS, QUALITY_RANGE
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.formats.images import LOSSY_FORMATS, QUALITY_RANGE
+from splitpack.formats.wire import decode_payload, encode_payload
 
 __all__ = ["DEFAULT_QUALITIES", "LOSSLESS_FORMATS", "UploadPoint", "InputUploadChoice",
            "measure_upload", "choose_input_upload"]

@@ -51,8 +51,8 @@ from splitpack.compiler.train import compute_cut_features, frozen_tail
 from splitpack.errors import InvalidConfigError, SplitpackError
 from splitpack.predictors.accuracy import CellFeatures
 from splitpack.predictors.sampling import SamplingResult, sample_and_fit
-from splitpack.predictors.selector import Constraints
-from splitpack.predictors.variant_set import OperatingRange
+from splitpack.planning.selector import Constraints
+from splitpack.planning.variant_set import OperatingRange
 
 __all__ = ["compile_bundle", "CompileResult", "UPLOAD_SAMPLES", "load_inputs", "find_model_cuts",
            "profile_cuts", "sample_cells", "select_and_train", "emit_variants"]
@@ -189,7 +189,7 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
 # The code that turns trained cells into a selection: a cached selection made by other code is
 # made anew (its trained cells and finals are kept; they are keyed by the training settings).
 _SELECTION_CODE = ("splitpack.compiler.selection", "splitpack.predictors.accuracy", "splitpack.predictors.sampling",
-                   "splitpack.predictors.variant_set", "splitpack.predictors.latency")
+                   "splitpack.planning.variant_set", "splitpack.planning.latency")
 
 
 def selection_key(settings: CompileSettings) -> str:

@@ -1,13 +1,13 @@
 """Measure a model's head, tail and compression-unit cost per cut (``splitpack profile MODEL``).
 
-The latency model (:mod:`splitpack.predictors.latency`) needs, per cut, the device time of the
+The latency model (:mod:`splitpack.planning.latency`) needs, per cut, the device time of the
 head and the encoder and the edge time of the decoder and the tail. :func:`profile_model`
 measures them with ONNX Runtime on this host's CPU, one sample at a time:
 
 * the plain head and tail of :func:`~splitpack.compiler.split.split_at`;
 * the same head and tail with a representative compression unit spliced in
   (:func:`~splitpack.compiler.splice.splice_codec`), built from *untrained* modules of
-  :func:`~splitpack.compiler.codec.build_codec_modules` in eval mode: the cost of a 1×1
+  :func:`~splitpack.compiler.codec_modules.build_codec_modules` in eval mode: the cost of a 1×1
   convolution does not depend on its weights, so nothing needs training here;
 * ``encode_ms = spliced head − plain head`` and ``decode_ms = spliced tail − plain tail``,
   clamped at 0 (for a cheap unit the difference is within timing noise). Each plain part is
@@ -30,13 +30,14 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from splitpack.compiler.codec import CodecSpec, build_codec_modules, codec_ladder
+from splitpack.compiler.codec import CodecSpec, codec_ladder
+from splitpack.compiler.codec_modules import build_codec_modules
 from splitpack.compiler.cuts import Cut, find_cuts
 from splitpack.compiler.splice import export_codec, splice_codec
 from splitpack.compiler.split import split_at
 from splitpack.errors import InvalidConfigError
-from splitpack.packaging.archive import ARCHIVE_SUFFIXES
-from splitpack.packaging.manifest import MANIFEST_NAME
+from splitpack.formats.archive import ARCHIVE_SUFFIXES
+from splitpack.formats.manifest import MANIFEST_NAME
 from splitpack.runtimes.backends import OnnxBackend
 from splitpack.runtimes.profile import (
     CPU_PROVIDER, check_timing_arguments, host_info, profile_bundle, summarize_ms, timed_rounds)

@@ -29,9 +29,9 @@ from splitpack.compiler.codec import compression_ratio, cut_channels, parse_code
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.grid import payload_bytes_of, variant_id
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, Prediction
-from splitpack.predictors.latency import ProfileArrays, VariantProfile, latency_matrix
-from splitpack.predictors.selector import Constraints
-from splitpack.predictors.variant_set import OperatingRange, choose_variant_set
+from splitpack.planning.latency import ProfileArrays, VariantProfile, latency_matrix
+from splitpack.planning.selector import Constraints
+from splitpack.planning.variant_set import OperatingRange, choose_variant_set
 
 __all__ = ["DroppedVariant", "Selection", "cell_features", "candidate_profiles", "pad_variants",
            "spread_over_cuts", "select_variants", "MAX_REPLACEMENT_ROUNDS"]
@@ -103,7 +103,7 @@ def candidate_profiles(cuts: dict[str, Cut], profile: dict, candidates: Sequence
     """VariantProfiles of ``local``, ``edge`` and every candidate cell. A cell's accuracy is its
     predicted accuracy minus one standard deviation, so that the set is chosen among cells that
     are likely, not just predicted, to meet the floor."""
-    from splitpack.runtimes.wire import message_bytes
+    from splitpack.formats.wire import message_bytes
 
     result_bytes = message_bytes((1, num_classes), 32, bundle_id="0" * 16, variant_id="edge")
     profiles = [

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from splitpack.compiler.codec import CodecSpec, build_codec_modules
+from splitpack.compiler.codec import CodecSpec
+from splitpack.compiler.codec_modules import build_codec_modules
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.split import split_at
 from splitpack.errors import InvalidConfigError

@@ -42,7 +42,7 @@ from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_p
 __all__ = ["SamplingResult", "sample_and_fit"]
 
 _FAR = 0.1
-MESSAGE_HEADER_BYTES = 80  # the wire message's header and framing (runtimes.wire), about
+MESSAGE_HEADER_BYTES = 80  # the wire message's header and framing (formats.wire), about
 _FLOOR_SHARE = 1 / 3
 
 

@@ -4,7 +4,7 @@ that the device and the edge must agree on.
 Runs on devices and on the edge: numpy, onnxruntime (or ai-edge-litert) and the standard
 library only. Never torch, onnx or the compiler.
 
-Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.runtimes.edge`
+Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.serve.edge`
 (kept here so that neither side imports the other):
 
 * the wire carries a short bundle id, the first ``WIRE_BUNDLE_ID_LENGTH`` hex digits of
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
-from splitpack.packaging.bundle import Bundle
-from splitpack.packaging.manifest import Manifest, Preprocessing, Variant
+from splitpack.formats.bundle import Bundle
+from splitpack.formats.manifest import Manifest, Preprocessing, Variant
 from splitpack.quiet import capture_native_stderr
-from splitpack.runtimes.entropy import EntropyTables, channel_axis, load_tables
-from splitpack.runtimes.wire import encode_payload, message_bytes
+from splitpack.formats.entropy import EntropyTables, channel_axis, load_tables
+from splitpack.formats.wire import encode_payload, message_bytes
 
 __all__ = [
     "WIRE_BUNDLE_ID_LENGTH", "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",
@@ -471,7 +471,7 @@ def load_backend(bundle: Bundle, variant: Variant | str, kind: str = "onnxruntim
     """Load one artifact of a bundle into a runtime; its bytes are checked against the manifest.
 
     Args:
-        bundle: A verified bundle (:func:`splitpack.packaging.read_bundle`).
+        bundle: A verified bundle (:func:`splitpack.formats.read_bundle`).
         variant: The variant or its id.
         kind: ``"onnxruntime"`` or ``"litert"`` (heads only: ``artifacts.head_tflite``).
         part: ``"head"`` or ``"tail"``; default the tail for the ``edge`` variant, else the head.

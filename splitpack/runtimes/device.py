@@ -4,7 +4,7 @@ Every head (each split variant's, and the ``local`` variant's whole model) is lo
 runtime is built, so switching variant is a dict lookup. Per request the runtime:
 
 1. picks a variant with :meth:`Selector.select_with_hysteresis` under its current
-   :class:`Conditions`: the uplink from a :class:`~splitpack.runtimes.transfer.TransferEstimator`
+   :class:`Conditions`: the uplink from a :class:`~splitpack.planning.transfer.TransferEstimator`
    fed by its own transfers (a per-message delay, added to ``rtt_ms``, and a rate: on a
    cellular link a small message mostly waits for a transmission opportunity),
    ``device_load`` from each variant's device compute observed against what the same variant
@@ -21,7 +21,7 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    names, JPEG or WebP at the compiled quality, else zlib: device compute too, stretched and
    observed like a head, so that a runtime on ``edge`` still sees its load change), pushes it
    through the emulated ``link`` if one is given, and POSTs it to the edge (see
-   :mod:`splitpack.runtimes.edge` for the protocol);
+   :mod:`splitpack.serve.edge` for the protocol);
 3. on a timeout, connection error, non-200 answer or malformed response, answers the same
    request with the ``local`` variant (no request is lost) and marks the edge down. While down
    every request runs locally, and at most every ``probe_interval_s`` one request first probes
@@ -112,17 +112,17 @@ import httpx
 import numpy as np
 
 from splitpack.errors import InvalidConfigError, WireFormatError
-from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
-from splitpack.predictors.latency import Conditions, VariantProfile, plan_latency_ms
-from splitpack.predictors.selector import Constraints, Selector
+from splitpack.formats.bundle import Bundle, read_bundle, read_samples
+from splitpack.planning.latency import Conditions, VariantProfile, plan_latency_ms
+from splitpack.planning.selector import Constraints, Selector
 from splitpack.runtimes.backends import (
     denormalize_to_uint8, encode_request, load_backend, load_entropy_tables, normalize_uint8,
     wire_bundle_id,
 )  # fmt: skip
 from splitpack.runtimes.load import EmulatedLoad, LoadEstimator, constant_load
 from splitpack.runtimes.netem import ShapedLink
-from splitpack.runtimes.transfer import TransferEstimator
-from splitpack.runtimes.wire import decode_payload
+from splitpack.planning.transfer import TransferEstimator
+from splitpack.formats.wire import decode_payload
 
 __all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
 

@@ -428,7 +428,7 @@ class BandwidthEstimator:
 
     One throughput for every size misreads a cellular link, where a small message mostly
     waits for a transmission opportunity: the device runtime plans with
-    :class:`~splitpack.runtimes.transfer.TransferEstimator` (a per-message delay and a rate)
+    :class:`~splitpack.planning.transfer.TransferEstimator` (a per-message delay and a rate)
     instead.
 
     Args:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
-from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import load_backend, normalize_uint8
 
 __all__ = ["BUNDLE_PROFILE_FORMAT", "CPU_PROVIDER", "host_info", "check_timing_arguments",

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from splitpack.errors import InvalidBundleError
-from splitpack.packaging.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import (
     OnnxBackend, encode_request, load_backend, load_entropy_tables, normalize_uint8, upload_of,
 )  # fmt: skip
-from splitpack.runtimes.wire import decode_payload, encode_payload, round_trip_codes
+from splitpack.formats.wire import decode_payload, encode_payload, round_trip_codes
 
 __all__ = ["VerifyReport", "verify_bundle", "TFLITE_CODE_MISMATCH_LIMIT"]
 

@@ -13,8 +13,8 @@ from splitpack.compiler import emit
 from splitpack.compiler.input_upload import choose_input_upload
 from splitpack.compiler.selection import Selection
 from splitpack.errors import InvalidConfigError
-from splitpack.runtimes.entropy import load_tables
-from splitpack.runtimes.wire import header_bytes, message_bytes
+from splitpack.formats.entropy import load_tables
+from splitpack.formats.wire import header_bytes, message_bytes
 
 # A head that quantizes its input straight to 8-bit codes: codes = clip(round(x * 255)).
 QUANTIZE = onnx.parser.parse_model("""

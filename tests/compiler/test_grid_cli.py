@@ -80,14 +80,14 @@ def test_quick_grid_writes_every_field_and_resumes(digits_weights, tmp_path, cap
     ],
 )
 def test_bad_codec_options(codecs, methods, message):
-    from splitpack.cli import _codec_chooser
+    from splitpack.cli.bench import _codec_chooser
 
     with pytest.raises(InvalidConfigError, match=message):
         _codec_chooser(codecs, methods)
 
 
 def test_grid_plan_puts_each_fine_tuned_unit_after_its_own():
-    from splitpack.cli import _codec_chooser
+    from splitpack.cli.bench import _codec_chooser
 
     plan = [codec.name for codec in _codec_chooser("c4s1b8,c2s2b4", "calibrated,learned,finetuned")(None)]
     assert plan == ["q8", "q6", "q4", "q2", "q1", "c4s1b8", "c4s1b8t", "c2s2b4", "c2s2b4t"]

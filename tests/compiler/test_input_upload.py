@@ -11,7 +11,7 @@ from splitpack.compiler.input_upload import (
     DEFAULT_QUALITIES, choose_input_upload, measure_upload,
 )  # fmt: skip
 from splitpack.errors import InvalidConfigError
-from splitpack.runtimes.wire import encode_payload
+from splitpack.formats.wire import encode_payload
 
 PREPROCESSING = {"mean": [0.0], "std": [1.0]}  # the model sees u8 / 255
 

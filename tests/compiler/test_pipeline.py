@@ -22,7 +22,7 @@ from splitpack.compiler.settings import CompileSettings, load_settings
 from splitpack.compiler.codec import parse_codec
 from splitpack.compiler.tflite import run_tflite
 from splitpack.errors import InvalidBundleError, InvalidConfigError
-from splitpack.packaging.bundle import read_bundle, read_samples
+from splitpack.formats.bundle import read_bundle, read_samples
 from splitpack.runtimes.backends import normalize_uint8
 from splitpack.runtimes.verify import verify_bundle
 

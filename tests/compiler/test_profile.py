@@ -17,9 +17,9 @@ from splitpack.compiler.export import export_onnx
 from splitpack.compiler.profile import (
     is_bundle_path, profile_model, representative_codec, run_profile_command)
 from splitpack.errors import InvalidBundleError, InvalidConfigError
-from splitpack.packaging import pack_bundle
+from splitpack.formats import pack_bundle
 from splitpack.runtimes.profile import profile_bundle
-from tests.runtimes.conftest import build_test_bundle
+from tests.bundles import build_test_bundle
 
 INPUT_SHAPE = (1, 2, 8, 8)
 MODEL_SOURCE = textwrap.dedent("""

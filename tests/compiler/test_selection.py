@@ -10,9 +10,9 @@ import pytest
 
 from splitpack.compiler.selection import MAX_REPLACEMENT_ROUNDS, Selection, select_variants
 from splitpack.predictors.accuracy import CellFeatures, Prediction
-from splitpack.predictors.latency import VariantProfile
-from splitpack.predictors.selector import Constraints
-from splitpack.predictors.variant_set import OperatingRange
+from splitpack.planning.latency import VariantProfile
+from splitpack.planning.selector import Constraints
+from splitpack.planning.variant_set import OperatingRange
 
 BASELINE = 90.0
 # Five cuts, one codec each: deeper cuts run more on the (slow) device and send fewer bytes,

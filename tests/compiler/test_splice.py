@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from splitpack.compiler.codec import CodecSpec, build_codec_modules, codes_shape
+from splitpack.compiler.codec import CodecSpec, codes_shape
+from splitpack.compiler.codec_modules import build_codec_modules
 from splitpack.compiler.cuts import find_cuts, resolve_cut
 from splitpack.compiler.evaluate import evaluate_model, evaluate_split
 from splitpack.compiler.export import check_onnx, export_onnx
@@ -114,7 +115,7 @@ def test_calibrated_quantization_needs_no_training_and_is_near_lossless_at_8_bit
 
 
 def test_straight_through_quantizer_passes_gradients_inside_its_range():
-    from splitpack.compiler._codec_torch import Quantizer
+    from splitpack.compiler.codec_modules import Quantizer
 
     quantizer = Quantizer(2, 4, channel_dim=-1, low=np.zeros(2, np.float32), step=np.full(2, 0.1, np.float32)).train()
     z = torch.tensor([[0.52, 3.0], [-1.0, 0.77]], requires_grad=True)  # in range, above, below, in range

@@ -10,7 +10,7 @@ import pytest
 
 from splitpack.errors import InvalidConfigError
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor, knee_ratio
-from splitpack.predictors.replay import replay_grid, validate_grid
+from splitpack.bench.replay import replay_grid, validate_grid
 from splitpack.predictors.sampling import sample_and_fit
 
 BASELINE = 98.0

@@ -8,13 +8,13 @@ import onnx.parser
 import pytest
 
 from splitpack.errors import InvalidBundleError, InvalidConfigError
-from splitpack.packaging import read_bundle, read_samples, write_bundle
-from splitpack.packaging.manifest import Preprocessing
+from splitpack.formats import read_bundle, read_samples, write_bundle
+from splitpack.formats.manifest import Preprocessing
 from splitpack.runtimes.backends import (
     RAW_OFFSET, RAW_SCALE, LiteRtBackend, OnnxBackend, denormalize_to_uint8, expected_wire_input,
     layout_permutation, load_backend, normalize_uint8, wire_bundle_id,
 )  # fmt: skip
-from tests.runtimes.conftest import INPUT_SHAPE, MEAN, STD, tiny_cnn
+from tests.bundles import INPUT_SHAPE, MEAN, STD, tiny_cnn
 
 FIXED_BATCH_RELU = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -202,10 +202,10 @@ def test_litert_backend_matches_onnx_runtime(bundle, samples, tflite_model, tmp_
 
 from splitpack.runtimes.backends import load_entropy_tables, upload_of  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
-from splitpack.runtimes.edge import create_app  # noqa: E402
-from splitpack.runtimes.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
+from splitpack.serve.edge import create_app  # noqa: E402
+from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
 from splitpack.runtimes.verify import verify_bundle  # noqa: E402
-from tests.runtimes.conftest import ENTROPY_UPLOAD, rewrite_bundle  # noqa: E402
+from tests.bundles import ENTROPY_UPLOAD, rewrite_bundle  # noqa: E402
 
 
 def test_entropy_variants_load_their_tables_and_the_edge_its_upload(entropy_bundle) -> None:
@@ -278,7 +278,7 @@ def test_missing_or_edited_tables_fail_at_read_naming_the_file(entropy_bundle_pa
 
 def test_entropy_message_sizes_are_what_encode_request_sends() -> None:
     from splitpack.runtimes.backends import entropy_message_sizes
-    from splitpack.runtimes.wire import encode_payload, message_bytes
+    from splitpack.formats.wire import encode_payload, message_bytes
 
     rng = np.random.default_rng(0)
     skewed = np.where(rng.random((40, 3, 4, 4)) < 0.8, 0, rng.integers(0, 16, (40, 3, 4, 4))).astype(np.uint8)

@@ -17,16 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from splitpack.errors import InvalidConfigError
-from splitpack.packaging import read_samples
-from splitpack.runtimes import commands
+from splitpack.formats import read_samples
+from splitpack.cli import runtime as commands
 from splitpack.runtimes.backends import normalize_uint8
-from splitpack.runtimes.bench_support import free_port
+from splitpack.serve.loopback import free_port
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.runtimes.edge import create_app
+from splitpack.serve.edge import create_app
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
-from splitpack.runtimes.wire import decode_payload
-from tests.runtimes.conftest import follow_uplink
+from splitpack.formats.wire import decode_payload
+from tests.bundles import follow_uplink
 from tests.runtimes.test_load import FakeTime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def samples(bundle):
 # -- a real edge process -----------------------------------------------------------------------
 
 class EdgeProcess:
-    """``python -m splitpack.runtimes.edge`` on a loopback port; start, kill, start again."""
+    """``python -m splitpack.serve.edge`` on a loopback port; start, kill, start again."""
 
     def __init__(self, bundle_path: Path, port: int) -> None:
         self.bundle_path, self.port, self.process = bundle_path, port, None
@@ -50,7 +50,7 @@ class EdgeProcess:
 
     def start(self, deadline_s: float = 20.0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "splitpack.runtimes.edge", str(self.bundle_path),
+            [sys.executable, "-m", "splitpack.serve.edge", str(self.bundle_path),
              "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + deadline_s
@@ -510,11 +510,11 @@ def test_bad_settings_are_refused(bundle, options, match) -> None:
 
 # -- entropy-coded codes and lossy uploads ---------------------------------------------------------
 
-from splitpack.packaging import read_bundle  # noqa: E402
+from splitpack.formats import read_bundle  # noqa: E402
 from splitpack.runtimes.backends import load_backend  # noqa: E402
-from splitpack.runtimes.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
-from splitpack.runtimes.wire import message_bytes, read_payload  # noqa: E402
-from tests.runtimes.conftest import rewrite_bundle  # noqa: E402
+from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
+from splitpack.formats.wire import message_bytes, read_payload  # noqa: E402
+from tests.bundles import rewrite_bundle  # noqa: E402
 
 
 def test_entropy_variants_send_entropy_coded_codes(entropy_bundle) -> None:

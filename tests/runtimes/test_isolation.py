@@ -9,17 +9,19 @@ check complements it for imports that only run inside functions.
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from splitpack.runtimes.bench_support import free_port
+from splitpack.serve.loopback import free_port
+from tests.import_graph import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIMES = ROOT / "splitpack" / "runtimes"
+DEVICE_PACKAGES = ("formats", "planning", "runtimes", "serve")
+DEVICE_MODULES = ("errors.py", "quiet.py", "_version.py")
+HARNESSES = ("splitpack.bench", "splitpack.cli")
 FORBIDDEN = ("torch", "onnx", "onnx_graphsurgeon", "sklearn", "splitpack.compiler",
              "splitpack.predictors.accuracy")
 
@@ -51,13 +53,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 import splitpack.runtimes.backends
-import splitpack.runtimes.commands
+import splitpack.cli.runtime  # the device's `splitpack run`
 import splitpack.runtimes.netem
-from splitpack.packaging import read_bundle, read_samples
+from splitpack.formats import read_bundle, read_samples
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.runtimes.edge import create_app
+from splitpack.serve.edge import create_app
 from splitpack.runtimes.backends import load_backend, load_entropy_tables, normalize_uint8
-from splitpack.runtimes.wire import decode_payload, encode_payload
+from splitpack.formats.wire import decode_payload, encode_payload
 
 bundle_path, port = sys.argv[1], int(sys.argv[2])
 bundle = read_bundle(bundle_path)
@@ -124,21 +126,15 @@ def test_runtimes_work_without_the_compiler_stack(bundle_path: Path, entropy_bun
         assert done.stdout.split()[2:] == ["entropy", "entropy", "jpeg"], done.stdout
 
 
-def _imported_names(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-    return names
-
-
-def test_no_runtime_module_imports_the_compiler_stack_even_lazily() -> None:
-    modules = sorted(RUNTIMES.glob("*.py"))
-    assert {"backends.py", "device.py", "edge.py", "commands.py", "entropy.py", "images.py",
-            "wire.py"} <= {p.name for p in modules}
+def test_no_device_module_imports_the_compiler_stack_even_lazily() -> None:
+    """What a device or edge installs (formats, planning, runtimes, serve and the leaf
+    modules) imports neither the compiler stack nor a benchmark harness, even inside functions."""
+    root = ROOT / "splitpack"
+    modules = [path for package in DEVICE_PACKAGES for path in sorted((root / package).glob("*.py"))]
+    modules += [root / name for name in DEVICE_MODULES]
+    assert {"backends.py", "device.py", "edge.py", "entropy.py", "images.py", "wire.py",
+            "latency.py", "selector.py"} <= {p.name for p in modules}
     for path in modules:
-        bad = [name for name in _imported_names(path)
-               if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
-        assert not bad, f"{path.name} imports {bad}"
+        bad = [name for name in imported_names(path)
+               if any(name == f or name.startswith(f + ".") for f in FORBIDDEN + HARNESSES)]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
