@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitpack.formats.bundle import read_bundle, read_samples  # noqa: E402
 from splitpack.serve.loopback import edge_server  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
+from splitpack.runtimes.load import EmulatedLoad, constant_load  # noqa: E402
 from splitpack.runtimes.netem import ShapedLink, constant_trace  # noqa: E402
 
 PARTS = ("_choose", "_payload", "_send", "post")
@@ -60,6 +61,7 @@ def main() -> int:
     spent: dict[str, float] = {}
     with edge_server(bundle.root, threads=1) as edge:
         runtime = DeviceRuntime(bundle, edge.url, device_slowdown=args.device_slowdown,
+                                emulated_load=EmulatedLoad(constant_load(args.device_slowdown)),
                                 rtt_ms=1.0, threads=1, link=ShapedLink(constant_trace(args.mbps)),
                                 hedge_factor=None if args.no_hedge else 1.0)
         for name in PARTS[:3]:

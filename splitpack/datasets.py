@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
+from splitpack.formats.variants import denormalize_pixels, normalize_pixels
 
 __all__ = ["Dataset", "load_dataset", "check_fits_model", "scene_patches", "SCENES_SIZES"]
 
@@ -55,14 +56,11 @@ class Dataset:
             raise InvalidDatasetError(f"data set {self.name!r}: mean {self.mean}, std {self.std} "
                                       f"need one value per channel ({self.input_shape[0]})")
 
-    def _channel_stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_channels(self, x: np.ndarray) -> None:
         channels = self.input_shape[0]
         if x.ndim < 3 or x.shape[-3] != channels:
             raise InvalidDatasetError(f"data set {self.name!r}: array of shape {x.shape} has no "
                                       f"{channels}-channel axis; pass (C, H, W) or (N, C, H, W)")
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(channels, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(channels, 1, 1)
-        return mean, std
 
     def to_uint8(self, x: np.ndarray) -> np.ndarray:
         """Undo the normalization and quantize to camera pixels.
@@ -74,8 +72,8 @@ class Dataset:
             uint8 array of the same shape: ``clip(rint((x * std + mean) * 255), 0, 255)``.
         """
         x = np.asarray(x, dtype=np.float32)
-        mean, std = self._channel_stats(x)
-        return np.clip(np.rint((x * std + mean) * 255.0), 0, 255).astype(np.uint8)
+        self._check_channels(x)
+        return denormalize_pixels(x, self.mean, self.std, 255.0, channel_axis=-3)
 
     def from_uint8(self, u8: np.ndarray) -> np.ndarray:
         """Normalize camera pixels: ``x = (u8 / 255 - mean) / std`` per channel.
@@ -93,8 +91,8 @@ class Dataset:
                 f"data set {self.name!r}: from_uint8 takes uint8 pixels, got dtype {u8.dtype}; "
                 "convert with to_uint8 or .astype(np.uint8)"
             )
-        mean, std = self._channel_stats(u8)
-        return ((u8.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+        self._check_channels(u8)
+        return normalize_pixels(u8, self.mean, self.std, 255.0, channel_axis=-3)
 
 
 def load_dataset(
@@ -221,12 +219,6 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False).numpy()
 
 
-def _normalize(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    channel_mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    channel_std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((pixels.astype(np.float32) - channel_mean) / channel_std).astype(np.float32)
-
-
 def _load_digits(size: int, mean, std, limits) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -242,8 +234,8 @@ def _load_digits(size: int, mean, std, limits) -> Dataset:
     )
     keep_train = _limited(len(x_train), train_limit, seed, 0)
     keep_test = _limited(len(x_test), test_limit, seed, 1)
-    x_train = _normalize(_resize(x_train[keep_train], size), mean, std)
-    x_test = _normalize(_resize(x_test[keep_test], size), mean, std)
+    x_train = normalize_pixels(_resize(x_train[keep_train], size), mean, std, 1.0)
+    x_test = normalize_pixels(_resize(x_test[keep_test], size), mean, std, 1.0)
     return Dataset("digits", x_train, y_train[keep_train], x_test, y_test[keep_test], 10,
                    (1, size, size), mean, std)
 
@@ -292,8 +284,8 @@ def _load_scenes(size: int | None, mean, std, limits) -> Dataset:
     x_test, y_test = scene_patches(SCENES_SIZES[1], rng)
     keep_train = _limited(len(x_train), train_limit, seed, 0)
     keep_test = _limited(len(x_test), test_limit, seed, 1)
-    x_train = _normalize(x_train[keep_train] / np.float32(255.0), mean, std)
-    x_test = _normalize(x_test[keep_test] / np.float32(255.0), mean, std)
+    x_train = normalize_pixels(x_train[keep_train] / np.float32(255.0), mean, std, 1.0)
+    x_test = normalize_pixels(x_test[keep_test] / np.float32(255.0), mean, std, 1.0)
     if size is not None:
         x_train, x_test = _resize(x_train, size), _resize(x_test, size)
     return Dataset("scenes", x_train, y_train[keep_train], x_test, y_test[keep_test],
@@ -372,7 +364,7 @@ def _load_npz(spec: str, path: Path, size: int | None, mean, std, limits) -> Dat
     if is_uint8:
         x_train, x_test = x_train / 255.0, x_test / 255.0
     if not already_normalized:
-        x_train, x_test = _normalize(x_train, mean, std), _normalize(x_test, mean, std)
+        x_train, x_test = normalize_pixels(x_train, mean, std, 1.0), normalize_pixels(x_test, mean, std, 1.0)
     if size is not None:  # bilinear resizing commutes with the per-channel normalization
         x_train, x_test = _resize(x_train, size), _resize(x_test, size)
     return Dataset(spec, x_train, y_train[keep_train], x_test, y_test[keep_test], num_classes,
@@ -420,7 +412,7 @@ def _load_imagefolder(spec: str, root: Path, size: int, mean, std, limits) -> Da
         samples = [samples[i] for i in _limited(len(samples), limit, seed, stream)]
         pixels = np.stack([_read_image(spec, path, size) for path, _ in samples])
         labels = np.asarray([label for _, label in samples], dtype=np.int64)
-        splits[split] = (_normalize(pixels, mean, std), labels)
+        splits[split] = (normalize_pixels(pixels, mean, std, 1.0), labels)
     return Dataset(spec, *splits["train"], *splits["test"], len(classes), (3, size, size),
                    mean, std)
 

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidDatasetError",
     "InvalidConfigError",
     "InvalidBundleError",
+    "InvalidInputError",
     "UnsupportedCutError",
     "WireFormatError",
     "InternalError",
@@ -36,6 +37,11 @@ class InvalidConfigError(SplitpackError, ValueError):
 
 class InvalidBundleError(SplitpackError, ValueError):
     """A bundle or archive is corrupt, tampered with, of an unknown version, or escapes its folder."""
+
+
+class InvalidInputError(SplitpackError, ValueError):
+    """One request's input (the array given to ``DeviceRuntime.infer``) has the wrong dtype or
+    shape for the bundle: the caller's data, not a setting."""
 
 
 class UnsupportedCutError(SplitpackError):

@@ -25,7 +25,8 @@ import pytest
 
 from splitpack.formats import read_bundle, write_bundle
 from splitpack.formats.manifest import SCHEMA_VERSION
-from splitpack.runtimes.backends import normalize_uint8, wire_bundle_id
+from splitpack.runtimes.backends import wire_bundle_id
+from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.entropy import calibrate_tables, tables_to_bytes
 from splitpack.formats.wire import measure_payload_bytes, message_bytes, round_trip_codes
 
@@ -106,7 +107,7 @@ def build_test_bundle(tmp_dir: Path, *, coding: str = "bitpack",
     from splitpack.compiler.codec_modules import build_codec_modules
     from splitpack.compiler.cuts import find_cuts
     from splitpack.compiler.export import export_onnx
-    from splitpack.compiler.grid import variant_id
+    from splitpack.formats.variants import split_variant_id
     from splitpack.compiler.splice import build_variant
 
     model = export_onnx(tiny_cnn(), INPUT_SHAPE)
@@ -141,7 +142,7 @@ def build_test_bundle(tmp_dir: Path, *, coding: str = "bitpack",
         cut, codec = cuts[module], CodecSpec(channels, stride, bits)
         encoder, decoder = build_codec_modules(cut.shape, codec)
         head, tail = build_variant(model, cut, codec, encoder.eval(), decoder.eval())
-        vid, shape = variant_id(cut, codec), codes_shape(cut.shape, codec)
+        vid, shape = split_variant_id(cut.index, codec.name), codes_shape(cut.shape, codec)
         head_bytes, tail_bytes = head.SerializeToString(), tail.SerializeToString()
         files[f"variants/{vid}/head.onnx"], files[f"variants/{vid}/tail.onnx"] = head_bytes, tail_bytes
         codes = run_onnx_per_sample(head_bytes, normalized)

@@ -26,12 +26,12 @@ import numpy as np
 from splitpack.compiler.codec import codec_ladder, compression_ratio, parse_codec
 from splitpack.compiler.cuts import find_cuts
 from splitpack.compiler.export import load_model
-from splitpack.compiler.grid import payload_bytes_of, variant_id
+from splitpack.compiler.grid import payload_bytes_of
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, VariantProfile, split_variant_id
 from splitpack.compiler.profile import profile_model
 from splitpack.errors import InvalidConfigError
 from splitpack.bench.plots import plot_selector
-from splitpack.planning.latency import (
-    ConditionArrays, Conditions, ProfileArrays, VariantProfile, latency_matrix)
+from splitpack.planning.latency import ConditionArrays, Conditions, ProfileArrays, latency_matrix
 from splitpack.planning.selector import Constraints, Selector
 from splitpack.planning.variant_set import OperatingRange, choose_variant_set
 from splitpack.runtimes.profile import host_info
@@ -48,7 +48,6 @@ K_VALUES = (1, 2, 3, 4, 5)
 DECISION_CANDIDATES = 64
 DECISION_TRIALS = 20_000
 LADDER = 12  # codecs per cut for synthetic candidates, as the digits grid used
-WIRE_ID = "0" * 16  # payload sizes depend on the id's length only (compiler.grid's convention)
 THREADS = 1  # one core of this host: the unit the slowdowns are stated in
 
 
@@ -76,7 +75,7 @@ STRATEGIES = ("oracle_all_candidates", f"adaptive_k{HEADLINE_K}", "static_best_s
 
 
 def _wire_bytes(shape: tuple[int, ...], bits: int, vid: str) -> int:
-    return message_bytes(tuple(shape), bits, bundle_id=WIRE_ID, variant_id=vid)
+    return message_bytes(tuple(shape), bits, bundle_id=WIRE_ID_PLACEHOLDER, variant_id=vid)
 
 
 # -- candidates -------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def _whole_model(model_ms: float, input_shape, classes: int, baseline: float,
 
 
 def _split(cut, codec, entry: dict, accuracy: float, classes: int) -> VariantProfile:
-    vid = variant_id(cut, codec)
+    vid = split_variant_id(cut.index, codec.name)
     return VariantProfile(vid, "split", entry["head_ms"], entry["encode_ms"] or 0.0,
                           entry["decode_ms"] or 0.0, entry["tail_ms"], payload_bytes_of(cut, codec),
                           _wire_bytes((1, classes), 32, vid), accuracy, cut.head_param_bytes,

@@ -40,8 +40,9 @@ import numpy as np
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import (
-    encode_request, load_backend, load_entropy_tables, normalize_uint8, wire_bundle_id,
-)  # fmt: skip
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)
+from splitpack.formats.variants import normalize_uint8
 from splitpack.bench.support import OCTET_STREAM_HEADERS
 from splitpack.serve.loopback import free_port
 from splitpack.formats.wire import decode_payload

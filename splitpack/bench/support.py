@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from splitpack.runtimes.backends import normalize_uint8
+from splitpack.formats.variants import normalize_uint8
 
 __all__ = ["host_info", "model_input", "percentile", "MAX_BUSY_RETRIES", "OCTET_STREAM_HEADERS"]
 

@@ -421,14 +421,13 @@ def _plot_latency(bundle_path: Path, path: Path) -> None:
 
     from splitpack.formats.bundle import read_bundle
     from splitpack.planning.latency import Conditions, plan_latency_ms
-    from splitpack.runtimes.device import profile_of
 
     manifest = read_bundle(bundle_path).manifest
     slowdown = float(manifest.profiles.get("device_slowdown", 1.0))
     bandwidths = np.geomspace(0.1, 100, 60)
     figure, axes = plt.subplots(figsize=(8, 5))
     for variant in manifest.variants:
-        profile = profile_of(variant)
+        profile = variant.profile()
         latencies = [plan_latency_ms(profile, Conditions(uplink_mbps=float(b), device_slowdown=slowdown))
                      for b in bandwidths]
         axes.plot(bandwidths, latencies, label=f"{variant.id} ({variant.accuracy:.1f}%)")

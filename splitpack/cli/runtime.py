@@ -163,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``splitpack run``: one line per sample (index, variant, mode, latency, argmax)."""
     from splitpack.formats.bundle import read_bundle
     from splitpack.runtimes.device import DeviceRuntime
+    from splitpack.runtimes.load import EmulatedLoad, constant_load
     from splitpack.runtimes.netem import ShapedLink, load_trace
 
     bundle = read_bundle(args.bundle)
@@ -170,8 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     link = ShapedLink(load_trace(args.trace)) if args.trace else None
     modes: Counter[str] = Counter()
     with DeviceRuntime(bundle, args.edge, backend=args.backend, threads=args.threads,
-                       token=args.token, link=link,
-                       device_slowdown=args.device_slowdown) as runtime:
+                       token=args.token, link=link, device_slowdown=args.device_slowdown,
+                       emulated_load=EmulatedLoad(constant_load(args.device_slowdown))) as runtime:
         for index, sample in enumerate(inputs):
             result = runtime.infer(sample)
             modes[result.mode] += 1

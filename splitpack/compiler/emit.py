@@ -31,6 +31,7 @@ from splitpack.compiler.input_upload import InputUploadChoice
 from splitpack.compiler.train import run_onnx
 from splitpack.formats.bundle import pack_bundle, write_bundle
 from splitpack.formats.manifest import SCHEMA_VERSION
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, result_bytes
 from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, entropy_message_sizes
 from splitpack.formats.entropy import (
     EntropyTables, calibrate_tables, decode_codes, encode_codes, tables_to_bytes,
@@ -51,7 +52,6 @@ ENTROPY_TABLES_FILE = "entropy_tables.npz"
 PAYLOAD_SAMPLES = 1000  # test samples whose messages give the mean and p95 payload bytes
 ENTROPY_CALIBRATION_SAMPLES = 2048  # training samples whose codes calibrate the tables
 TIMING_SAMPLES = 200  # samples whose wire coding is timed
-_WIRE_ID = "0" * 16  # payload sizes assume a 16-digit wire bundle id
 
 
 def model_id_of(spec: str) -> str:
@@ -115,7 +115,7 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
         calibration, codec.bits)
     codes = run_onnx(head, dataset.x_test[:PAYLOAD_SAMPLES])
     entropy_coded, sent = entropy_message_sizes(codes, bits=codec.bits, tables=tables, variant_id=vid,
-                                                wire_bundle_id=_WIRE_ID)
+                                                wire_bundle_id=WIRE_ID_PLACEHOLDER)
     mean, p95 = float(sent.mean()), float(np.percentile(sent, 95))
     if mean >= packed_bytes:
         log(f"    {vid}: entropy coding sends {entropy_coded.mean():.0f} B, bit-packing {packed_bytes} B; "
@@ -135,7 +135,7 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
 def _upload_ms(pixels: np.ndarray, compression: str, quality: int | None) -> dict:
     """Median ms of one image's upload message: encoding (device) and decoding (edge)."""
     count = min(TIMING_SAMPLES, len(pixels))
-    encode = lambda i: encode_payload(pixels[i:i + 1], bundle_id=_WIRE_ID, variant_id="edge",  # noqa: E731
+    encode = lambda i: encode_payload(pixels[i:i + 1], bundle_id=WIRE_ID_PLACEHOLDER, variant_id="edge",  # noqa: E731
                                       bits=8, scale=RAW_SCALE, offset=RAW_OFFSET,
                                       compression=compression, quality=quality)
     messages = [encode(i) for i in range(count)]
@@ -150,11 +150,11 @@ def _edge_fields(dataset, input_shape: tuple[int, ...], baseline: float,
     if upload is not None:
         fields = upload.manifest_fields()
     else:  # lossless zlib, the sizes of the test images as they are really sent
-        sizes = measure_payload_bytes(pixels, bundle_id=_WIRE_ID, variant_id="edge", bits=8,
+        sizes = measure_payload_bytes(pixels, bundle_id=WIRE_ID_PLACEHOLDER, variant_id="edge", bits=8,
                                       scale=RAW_SCALE, offset=RAW_OFFSET, compression="zlib")
         fields = {"upload": {"format": "zlib", "quality": None}, "accuracy": baseline,
                   "payload_bytes": round(sizes.mean), "payload_bytes_p95": math.ceil(sizes.p95)}
-    data = fields["payload_bytes"] - header_bytes(len(input_shape) + 1, bundle_id=_WIRE_ID,
+    data = fields["payload_bytes"] - header_bytes(len(input_shape) + 1, bundle_id=WIRE_ID_PLACEHOLDER,
                                                   variant_id="edge")
     # float32 input over the bytes of the image data sent (as for codes: the header aside)
     fields["compression_ratio"] = 4.0 * math.prod(input_shape) / max(1, data)
@@ -192,7 +192,6 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
     count = min(settings.samples, len(dataset.x_test))
     pixels = dataset.to_uint8(dataset.x_test[:count])
     x = dataset.from_uint8(pixels)  # exactly what a device computes from the uint8 samples
-    result_bytes = message_bytes((1, classes), 32, bundle_id="0" * 16, variant_id="edge")
     files: dict[str, bytes | Path] = {MODEL_FILE: work / MODEL_FILE, PREDICTOR_FILE: predictor_json.encode()}
     expected: dict[str, np.ndarray] = {}
     variants: list[dict] = []
@@ -222,7 +221,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
         "predicted_accuracy": None,
         "artifacts": {"head": None, "head_tflite": None, "tail": MODEL_FILE},
         "head_output": None, "tail_input": None, "quantization": None,
-        "latency": {"head_ms": 0.0, "tail_ms": profile["model_ms"], "result_bytes": result_bytes,
+        "latency": {"head_ms": 0.0, "tail_ms": profile["model_ms"], "result_bytes": result_bytes(classes, "edge"),
                     "device_memory_bytes": 0, **edge_ms},
         **edge_fields,
     })
@@ -238,7 +237,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
         scale, offset = quantization_params(codec.bits)
         codes = ["batch"] + list(codes_shape(cut.shape, codec))
         timing = profile["cuts"][cut.label]
-        packed = message_bytes(tuple([1] + codes[1:]), codec.bits, bundle_id=_WIRE_ID, variant_id=vid)
+        packed = message_bytes(tuple([1] + codes[1:]), codec.bits, bundle_id=WIRE_ID_PLACEHOLDER, variant_id=vid)
         sizes, coding_ms, tables_file = {"payload_bytes": packed, "payload_bytes_p95": packed}, {}, None
         if vid in entropy:
             sizes, coding_ms, tables_file = _entropy_fields(vid, codec, head, entropy[vid], dataset,
@@ -254,7 +253,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
             "latency": {"head_ms": timing["head_ms"],
                         "encode_ms": (timing["encode_ms"] or 0.0) + coding_ms.get("encode_ms", 0.0),
                         "decode_ms": (timing["decode_ms"] or 0.0) + coding_ms.get("decode_ms", 0.0),
-                        "tail_ms": timing["tail_ms"], "result_bytes": result_bytes,
+                        "tail_ms": timing["tail_ms"], "result_bytes": result_bytes(classes, vid),
                         "device_memory_bytes": cut.head_param_bytes + cut.bytes_per_sample},
         }
         files[f"variants/{vid}/head.onnx"] = head.SerializeToString()

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from splitpack.errors import InvalidModelError
+from splitpack.runtimes.backends import open_session
 
 __all__ = ["GraphInfo", "analyze_graph", "graph_inputs", "node_flops"]
 
@@ -59,21 +60,15 @@ class GraphInfo:
 
 def _probe(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], names: list[str]):
     """Run the model once on zeros with ``names`` exposed as outputs; return name -> array."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {output.name for output in probe.graph.output}
     for name in names:
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise InvalidModelError(f"ONNX Runtime cannot load the model for analysis: {exc}") from exc
+    session = open_session(probe.SerializeToString(), providers=["CPUExecutionProvider"], optimize=False,
+                           source="the model (for analysis)", error=InvalidModelError,
+                           remedy="check that the model is valid ONNX (onnx.checker.check_model)")
     feeds = {}
     for value in session.get_inputs():
         dtype = _ORT_TYPES.get(value.type, np.float32)

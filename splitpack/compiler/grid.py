@@ -34,10 +34,10 @@ from splitpack.compiler.evaluate import evaluate_model, evaluate_split
 from splitpack.compiler.splice import build_variant
 from splitpack.compiler.train import DEFAULT_EPOCHS, TrainedCodec, compute_cut_features, frozen_tail, train_codec
 from splitpack.errors import InvalidConfigError
-from splitpack.runtimes.backends import WIRE_BUNDLE_ID_LENGTH
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, split_variant_id
 from splitpack.formats.wire import message_bytes
 
-__all__ = ["CODINGS", "Cell", "variant_id", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
+__all__ = ["CODINGS", "Cell", "payload_bytes_of", "measure_cell", "run_grid", "parse_cut_selection"]
 
 GRID_FORMAT = "splitpack-grid/2"
 
@@ -73,16 +73,11 @@ class Cell:
     kept: str
 
 
-def variant_id(cut: Cut, codec: CodecSpec) -> str:
-    """Short, file-system-safe id of a split variant, e.g. ``cut03-c8s1b4``."""
-    return f"cut{cut.index:02d}-{codec}"
-
-
 def payload_bytes_of(cut: Cut, codec: CodecSpec) -> int:
     """Bytes of one wire message carrying one sample's codes (header included)."""
     return message_bytes(
         (1,) + codes_shape(cut.shape, codec), codec.bits,
-        bundle_id="0" * WIRE_BUNDLE_ID_LENGTH, variant_id=variant_id(cut, codec),
+        bundle_id=WIRE_ID_PLACEHOLDER, variant_id=split_variant_id(cut.index, codec.name),
     )
 
 
@@ -95,7 +90,8 @@ def _entropy_payloads(cut: Cut, codec: CodecSpec, head: onnx.ModelProto, dataset
     from splitpack.formats.entropy import calibrate_tables
 
     tables = calibrate_tables(entropy_calibration_codes(head, dataset), codec.bits)
-    return entropy_message_sizes(test_codes, bits=codec.bits, tables=tables, variant_id=variant_id(cut, codec))
+    return entropy_message_sizes(test_codes, bits=codec.bits, tables=tables,
+                                 variant_id=split_variant_id(cut.index, codec.name))
 
 
 def measure_cell(model: onnx.ModelProto, features, codec: CodecSpec, dataset, *, epochs: int, seed: int,

@@ -20,7 +20,8 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError
 from splitpack.formats.manifest import Preprocessing
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, OnnxBackend, normalize_uint8
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, OnnxBackend
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
 from splitpack.formats.images import LOSSY_FORMATS, QUALITY_RANGE
 from splitpack.formats.wire import decode_payload, encode_payload
 
@@ -29,7 +30,6 @@ __all__ = ["DEFAULT_QUALITIES", "LOSSLESS_FORMATS", "UploadPoint", "InputUploadC
 
 DEFAULT_QUALITIES = tuple(range(5, 100, 5))  # 5, 10, ..., 95
 LOSSLESS_FORMATS = ("zlib", "png")
-_PLACEHOLDER_BUNDLE_ID = "0" * 16  # payload sizes in a manifest assume a 16-digit wire id
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -136,7 +136,7 @@ def measure_upload(predict: Predict, images: np.ndarray, labels: np.ndarray, *, 
     images, labels = _check_images(images, labels)
     sizes, decoded = np.empty(len(images)), np.empty_like(images)
     for index in range(len(images)):
-        message = encode_payload(images[index:index + 1], bundle_id=_PLACEHOLDER_BUNDLE_ID,
+        message = encode_payload(images[index:index + 1], bundle_id=WIRE_ID_PLACEHOLDER,
                                  variant_id="edge", bits=8, scale=RAW_SCALE, offset=RAW_OFFSET,
                                  compression=compression, quality=quality)
         sizes[index], decoded[index] = len(message), decode_payload(message)[1][0]

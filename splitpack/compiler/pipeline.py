@@ -44,7 +44,8 @@ import onnx
 from splitpack.compiler.codec import codec_space, parse_codec
 from splitpack.compiler.cuts import Cut, find_cuts
 from splitpack.compiler.evaluate import evaluate_model
-from splitpack.compiler.grid import measure_cell, variant_id
+from splitpack.compiler.grid import measure_cell
+from splitpack.formats.variants import split_variant_id
 from splitpack.compiler.selection import Selection, candidate_profiles, cell_features, select_variants
 from splitpack.compiler.settings import CompileSettings, parse_bandwidth
 from splitpack.compiler.train import compute_cut_features, frozen_tail
@@ -111,7 +112,7 @@ class _Trainer:
         so it is copied instead of trained again."""
         cut, codec = self.cuts[cut_label], parse_codec(codec_name)
         folder = "final" if keep_artifacts else "cells"
-        key = variant_id(cut, codec)
+        key = split_variant_id(cut.index, codec.name)
         sampled = self.work.root / "cells" / key
 
         def compute():

@@ -27,9 +27,13 @@ import numpy as np
 
 from splitpack.compiler.codec import compression_ratio, cut_channels, parse_codec
 from splitpack.compiler.cuts import Cut
-from splitpack.compiler.grid import payload_bytes_of, variant_id
+from splitpack.compiler.grid import payload_bytes_of
+from splitpack.formats.variants import (
+    WIRE_ID_PLACEHOLDER, parse_split_variant_id, result_bytes, split_variant_id,
+)
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, Prediction
-from splitpack.planning.latency import ProfileArrays, VariantProfile, latency_matrix
+from splitpack.planning.latency import ProfileArrays, latency_matrix
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange, choose_variant_set
 
@@ -105,19 +109,20 @@ def candidate_profiles(cuts: dict[str, Cut], profile: dict, candidates: Sequence
     are likely, not just predicted, to meet the floor."""
     from splitpack.formats.wire import message_bytes
 
-    result_bytes = message_bytes((1, num_classes), 32, bundle_id="0" * 16, variant_id="edge")
     profiles = [
         VariantProfile("local", "local", profile["model_ms"], 0, 0, 0, 0, 0, baseline, 0),
         VariantProfile("edge", "edge", 0, 0, 0, profile["model_ms"],
-                       message_bytes((1,) + tuple(input_shape[1:]), 8, bundle_id="0" * 16, variant_id="edge"),
-                       result_bytes, baseline, 0),
+                       message_bytes((1,) + tuple(input_shape[1:]), 8, bundle_id=WIRE_ID_PLACEHOLDER,
+                                     variant_id="edge"),
+                       result_bytes(num_classes, "edge"), baseline, 0),
     ]
     for cell, prediction in zip(candidates, predictions):
         cut, codec = cuts[cell.cut], parse_codec(cell.codec)
         timing = profile["cuts"][cell.cut]
+        vid = split_variant_id(cut.index, codec.name)
         profiles.append(VariantProfile(
-            variant_id(cut, codec), "split", timing["head_ms"], timing["encode_ms"], timing["decode_ms"],
-            timing["tail_ms"], payload_bytes_of(cut, codec), result_bytes,
+            vid, "split", timing["head_ms"], timing["encode_ms"], timing["decode_ms"],
+            timing["tail_ms"], payload_bytes_of(cut, codec), result_bytes(num_classes, vid),
             max(0.0, prediction.accuracy - prediction.std), cut.head_param_bytes, cut=cell.cut,
             compression_ratio=compression_ratio(cut.shape, codec),
         ))
@@ -216,7 +221,7 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
     rounds, last = 0, first
     while True:
         for vid in queue:
-            cell = train_final(by_id[vid].cut, vid.split("-", 1)[1])
+            cell = train_final(by_id[vid].cut, parse_split_variant_id(vid)[1])
             finals[vid], predicted[vid] = cell, predicted_of[vid]
             if cell["accuracy"] >= floor - _FLOOR_TOLERANCE:
                 kept.append(vid)

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from splitpack.errors import InvalidModelError, SplitpackError
 from splitpack.quiet import capture_native_stderr
+from splitpack.runtimes.backends import open_session
 
 __all__ = ["TfliteArtifact", "TfliteCheck", "TfliteConversionError", "export_tflite", "run_tflite",
            "compare_tflite"]
@@ -241,8 +242,6 @@ def _fold_static_subgraphs(head: onnx.ModelProto, input_name: str, sample: np.nd
     constants. Folding keeps shape arithmetic out of the traced graph: torch.export cannot
     trace arithmetic on shape tensors, so they are evaluated once, with ONNX Runtime.
     """
-    import onnxruntime as ort
-
     graph_outputs = {value.name for value in head.graph.output}
     static = {init.name for init in head.graph.initializer}
     folded: set[int] = set()
@@ -265,9 +264,9 @@ def _fold_static_subgraphs(head: onnx.ModelProto, input_name: str, sample: np.nd
     probe = onnx.ModelProto()
     probe.CopyFrom(head)
     probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in computed)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = open_session(probe.SerializeToString(), providers=["CPUExecutionProvider"],
+                           source="the head (for its folded constants)", error=InvalidModelError,
+                           remedy="check that the head is valid ONNX")
     values = session.run(computed, {input_name: sample}) if computed else []
 
     model = onnx.ModelProto()

@@ -32,7 +32,8 @@ from splitpack.compiler.codec import CodecSpec
 from splitpack.compiler.codec_modules import build_codec_modules
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.split import split_at
-from splitpack.errors import InvalidConfigError
+from splitpack.errors import InvalidConfigError, InvalidModelError
+from splitpack.runtimes.backends import open_session
 
 __all__ = ["DEFAULT_EPOCHS", "CutFeatures", "TrainedCodec", "compute_cut_features", "train_codec", "run_onnx",
            "frozen_tail"]
@@ -43,13 +44,10 @@ _TEMPERATURE = 2.0
 
 def run_onnx(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run a one-input, one-output ONNX model over ``x`` in batches (CPU)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     # Spinning worker threads waste the CPU that training (torch) needs on a small machine.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString(), providers=["CPUExecutionProvider"], spinning=False,
+                           source="a model being trained", error=InvalidModelError,
+                           remedy="check that it is valid ONNX")
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
@@ -57,7 +55,6 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np
 @dataclass(frozen=True, eq=False)
 class CutFeatures:
     """Cached features at one cut, the teacher outputs, and the split ONNX head and tail."""
-
     cut: Cut
     head: onnx.ModelProto
     tail: onnx.ModelProto

@@ -28,6 +28,7 @@ from pydantic import (
 )  # fmt: skip
 
 from splitpack.errors import InvalidBundleError
+from splitpack.formats.variants import VariantProfile
 
 __all__ = [
     "SCHEMA_VERSION", "MANIFEST_NAME", "CODINGS", "UPLOAD_FORMATS", "TensorSpec", "Preprocessing",
@@ -212,6 +213,16 @@ class Variant(_Closed):
     tflite: TfliteLayout | None = None
     tflite_max_abs_diff: float | None = Field(default=None, ge=0)
     upload: InputUpload | None = None
+
+    def profile(self) -> VariantProfile:
+        """What planning reads of this variant: its costs, sizes and accuracy."""
+        latency = self.latency
+        return VariantProfile(
+            id=self.id, kind=self.kind, head_ms=latency.head_ms, encode_ms=latency.encode_ms,
+            decode_ms=latency.decode_ms, tail_ms=latency.tail_ms, payload_bytes=self.payload_bytes,
+            result_bytes=latency.result_bytes, accuracy=self.accuracy,
+            device_memory_bytes=latency.device_memory_bytes, cut=self.cut,
+            compression_ratio=self.compression_ratio)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "Variant":

@@ -69,12 +69,14 @@ from splitpack.formats.images import (
 )  # fmt: skip
 
 __all__ = [
-    "WIRE_VERSION", "MAGIC", "HEADER_MIN_BYTES", "HEADER_MAX_BYTES", "MAX_ID_BYTES", "MAX_RANK",
+    "WIRE_BUNDLE_ID_LENGTH", "WIRE_VERSION", "MAGIC", "HEADER_MIN_BYTES", "HEADER_MAX_BYTES", "MAX_ID_BYTES", "MAX_RANK",
     "DEFAULT_MAX_ELEMENTS", "COMPRESSIONS", "Payload", "PayloadSizes", "pack_codes",
     "unpack_codes", "round_trip_codes", "packed_size", "data_bytes", "header_bytes",
     "message_bytes", "payload_bytes", "data_length_bound", "encode_payload", "read_payload",
     "decode_data", "decode_payload", "measure_payload_bytes",
 ]  # fmt: skip
+
+WIRE_BUNDLE_ID_LENGTH = 16  # a message carries the first 16 hex digits of the bundle id
 
 MAGIC = b"SPLT"
 WIRE_VERSION = 1

@@ -9,17 +9,15 @@ hot path. Runs on devices: numpy and the standard library only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
+from splitpack.formats.variants import VariantProfile, check_number
 
 __all__ = [
-    "VARIANT_KINDS",
-    "VariantProfile",
     "Conditions",
     "PowerModel",
     "ProfileArrays",
@@ -32,101 +30,8 @@ __all__ = [
     "energy_weights",
 ]
 
-VARIANT_KINDS = ("split", "local", "edge")
 # Milliseconds per byte at 1 Mbit/s: bytes * 8 / (mbps * 1e6) * 1e3 == bytes * 8e-3 / mbps.
 _MS_PER_BYTE_AT_1MBPS = 8e-3
-
-
-def _check_number(owner: str, name: str, value: object, *, minimum: float = 0.0,
-                  strict: bool = False) -> float:
-    """``value`` as a float, or InvalidConfigError naming ``owner.name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidConfigError(f"{owner}.{name} must be a number; got {value!r}")
-    number = float(value)
-    ok = number > minimum if strict else number >= minimum
-    if not (math.isfinite(number) and ok):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise InvalidConfigError(f"{owner}.{name} must be finite and {bound}; got {value!r}")
-    return number
-
-
-@dataclass(frozen=True)
-class VariantProfile:
-    """Measured (or predicted) cost and accuracy of one variant.
-
-    Attributes:
-        id: Variant id, unique within a bundle (``"local"``, ``"edge"``, ``"l3_c4s1b4"``...).
-        kind: ``"split"`` (head on device, tail on edge), ``"local"`` (whole model on device,
-            nothing sent) or ``"edge"`` (raw uint8 input uploaded, whole model on edge).
-        head_ms: Device compute of the head, encoder included, where the profile was measured.
-        encode_ms: Device time of the encoder when measured apart from the head (0 if folded in).
-        decode_ms: Edge time of the decoder when measured apart from the tail (0 if folded in).
-        tail_ms: Edge compute of the tail.
-        payload_bytes: Uplink bytes per request.
-        result_bytes: Downlink bytes per request (the model output).
-        accuracy: Top-1 accuracy in percent, measured or predicted.
-        device_memory_bytes: Device memory the plan needs (head parameters + peak activations).
-        cut: Name of the cut tensor, None for ``local`` and ``edge``.
-        compression_ratio: Raw float32 bytes of the cut tensor / bytes actually sent.
-
-    A ``local`` profile must send nothing and run nothing on the edge: ``payload_bytes``,
-    ``result_bytes``, ``decode_ms`` and ``tail_ms`` are 0.
-    """
-
-    id: str
-    kind: str
-    head_ms: float
-    encode_ms: float
-    decode_ms: float
-    tail_ms: float
-    payload_bytes: int
-    result_bytes: int
-    accuracy: float
-    device_memory_bytes: int
-    cut: str | None = None
-    compression_ratio: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise InvalidConfigError(
-                f"VariantProfile.id must be a non-empty string; got {self.id!r}")
-        owner = f"VariantProfile '{self.id}'"
-        if self.kind not in VARIANT_KINDS:
-            raise InvalidConfigError(
-                f"{owner}: kind must be one of {', '.join(VARIANT_KINDS)}; got {self.kind!r}")
-        for name in ("head_ms", "encode_ms", "decode_ms", "tail_ms", "payload_bytes",
-                     "result_bytes", "device_memory_bytes"):
-            _check_number(owner, name, getattr(self, name))
-        accuracy = _check_number(owner, "accuracy", self.accuracy)
-        if accuracy > 100.0:
-            raise InvalidConfigError(f"{owner}: accuracy is in percent, <= 100; got {accuracy!r}")
-        _check_number(owner, "compression_ratio", self.compression_ratio, strict=True)
-        if self.kind == "local":
-            for name in ("payload_bytes", "result_bytes", "decode_ms", "tail_ms"):
-                if getattr(self, name) != 0:
-                    raise InvalidConfigError(
-                        f"{owner}: a local variant sends nothing and runs nothing on the edge, "
-                        f"so {name} must be 0; got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object]) -> "VariantProfile":
-        """Build a profile from a mapping (e.g. a manifest entry); unknown keys are an error.
-
-        Args:
-            values: Field name -> value.
-
-        Returns:
-            The validated profile.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidConfigError(
-                f"unknown VariantProfile key(s) {unknown}; allowed keys: {sorted(known)}")
-        try:
-            return cls(**values)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise InvalidConfigError(f"incomplete VariantProfile {dict(values)!r}: {exc}") from None
 
 
 # Field -> (lower bound, whether the bound is strict), shared by Conditions and ConditionArrays.
@@ -162,7 +67,7 @@ class Conditions:
 
     def __post_init__(self) -> None:
         for name, (minimum, strict) in _CONDITION_LIMITS.items():
-            _check_number("Conditions", name, getattr(self, name), minimum=minimum, strict=strict)
+            check_number("Conditions", name, getattr(self, name), minimum=minimum, strict=strict)
 
 
 @dataclass(frozen=True)
@@ -181,7 +86,7 @@ class PowerModel:
 
     def __post_init__(self) -> None:
         for name in ("compute_w", "radio_tx_w", "idle_w"):
-            _check_number("PowerModel", name, getattr(self, name))
+            check_number("PowerModel", name, getattr(self, name))
 
 
 def _device_ms(profile: VariantProfile, conditions: Conditions) -> float:
@@ -307,7 +212,7 @@ class ConditionArrays:
             ok = np.isfinite(values) & ((values > minimum) if strict else (values >= minimum))
             if not ok.all():
                 bad = values[~ok].flat[0]
-                _check_number("ConditionArrays", name, float(bad), minimum=minimum, strict=strict)
+                check_number("ConditionArrays", name, float(bad), minimum=minimum, strict=strict)
             object.__setattr__(self, name, values)
 
     @classmethod

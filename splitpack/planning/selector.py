@@ -19,7 +19,9 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError
 from splitpack.planning.latency import (
-    Conditions, PowerModel, ProfileArrays, VariantProfile, energy_weights, latency_weights)
+    Conditions, PowerModel, ProfileArrays, energy_weights, latency_weights,
+)
+from splitpack.formats.variants import VariantProfile
 
 __all__ = [
     "InfeasiblePlanError",

@@ -18,7 +18,9 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError
 from splitpack.planning.latency import (
-    ConditionArrays, PowerModel, ProfileArrays, VariantProfile, energy_matrix, latency_matrix)
+    ConditionArrays, PowerModel, ProfileArrays, energy_matrix, latency_matrix,
+)
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints, Selector
 
 __all__ = ["OperatingRange", "VariantSetResult", "choose_variant_set"]

@@ -16,7 +16,7 @@ Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.serve
   ``RAW_SCALE`` and ``RAW_OFFSET``, losslessly or in the lossy format of its ``upload``
   (:func:`upload_of`); :func:`expected_wire_input` lists what the edge accepts;
 * raw pixels become the model input as ``(u8 / input_range - mean) / std`` per channel
-  (:func:`normalize_uint8`); without ``preprocessing`` the pixels are passed as float32.
+  (:func:`splitpack.formats.variants.normalize_uint8`); without ``preprocessing`` the pixels are passed as float32.
 """
 
 from __future__ import annotations
@@ -30,20 +30,19 @@ import numpy as np
 
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
 from splitpack.formats.bundle import Bundle
-from splitpack.formats.manifest import Manifest, Preprocessing, Variant
+from splitpack.formats.manifest import Manifest, Variant
 from splitpack.quiet import capture_native_stderr
 from splitpack.formats.entropy import EntropyTables, channel_axis, load_tables
-from splitpack.formats.wire import encode_payload, message_bytes
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER
+from splitpack.formats.wire import WIRE_BUNDLE_ID_LENGTH, encode_payload, message_bytes
 
 __all__ = [
-    "WIRE_BUNDLE_ID_LENGTH", "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",
-    "WireInput", "OnnxBackend", "LiteRtBackend", "load_backend", "wire_bundle_id",
+    "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",
+    "WireInput", "open_session", "OnnxBackend", "LiteRtBackend", "load_backend", "wire_bundle_id",
     "expected_wire_input", "upload_of", "load_entropy_tables", "encode_request",
-    "entropy_message_sizes", "normalize_uint8",
-    "denormalize_to_uint8", "layout_permutation",
+    "entropy_message_sizes", "layout_permutation",
 ]  # fmt: skip
 
-WIRE_BUNDLE_ID_LENGTH = 16
 RAW_SCALE, RAW_OFFSET = 1.0, 0.0  # a raw upload's codes are the pixels themselves
 BACKEND_KINDS = ("onnxruntime", "litert")
 LOSSLESS_UPLOADS = ("none", "zlib", "png")  # the edge variant always accepts these
@@ -170,7 +169,7 @@ def encode_request(variant: Variant, array: np.ndarray, *, wire_bundle_id: str,
 
 
 def entropy_message_sizes(codes: np.ndarray, *, bits: int, tables: EntropyTables,
-                          variant_id: str, wire_bundle_id: str = "0" * WIRE_BUNDLE_ID_LENGTH,
+                          variant_id: str, wire_bundle_id: str = WIRE_ID_PLACEHOLDER,
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Bytes of each sample's one-sample message in entropy mode, header included.
 
@@ -188,50 +187,6 @@ def entropy_message_sizes(codes: np.ndarray, *, bits: int, tables: EntropyTables
                                                  tables=tables, **ids)) for i in range(len(codes))])
     packed = message_bytes((1,) + tuple(np.shape(codes)[1:]), bits, **ids)
     return entropy_coded, np.minimum(entropy_coded, packed)
-
-
-def _channel_stats(preprocessing: Preprocessing, values: np.ndarray) -> tuple:
-    """mean, std (broadcastable to ``values``, channels on axis 1) and input_range, float32."""
-    mean = np.asarray(preprocessing.mean, dtype=np.float32)
-    std = np.asarray(preprocessing.std, dtype=np.float32)
-    channels = values.shape[1] if values.ndim > 1 else 1
-    if mean.size not in (1, channels):
-        raise InvalidBundleError(f"preprocessing has {mean.size} mean/std values but the input "
-                                 f"has {channels} channels; give one per channel or one for all")
-    if mean.size > 1:
-        shape = (1, -1) + (1,) * (values.ndim - 2)
-        mean, std = mean.reshape(shape), std.reshape(shape)
-    return mean, std, np.float32(preprocessing.input_range)
-
-
-def normalize_uint8(pixels: np.ndarray, preprocessing: Preprocessing | None) -> np.ndarray:
-    """Raw uint8 pixels (N, C, ...) to the model input: ``(u8 / input_range - mean) / std``.
-
-    Args:
-        pixels: uint8 array, batch first, channels second.
-        preprocessing: The manifest's; None passes the pixel values through as float32.
-
-    Returns:
-        A float32 array of the same shape.
-    """
-    values = np.asarray(pixels).astype(np.float32)
-    if preprocessing is None:
-        return values
-    mean, std, input_range = _channel_stats(preprocessing, values)
-    return ((values / input_range - mean) / std).astype(np.float32, copy=False)
-
-
-def denormalize_to_uint8(inputs: np.ndarray, preprocessing: Preprocessing | None) -> np.ndarray:
-    """The inverse of :func:`normalize_uint8`, rounded to the nearest pixel and clipped.
-
-    Exact for inputs that came from uint8 pixels (up to float rounding); other inputs lose what
-    does not fit 8 bits, as the ``edge`` variant would on any device.
-    """
-    values = np.asarray(inputs, dtype=np.float32)
-    if preprocessing is not None:
-        mean, std, input_range = _channel_stats(preprocessing, values)
-        values = (values * std + mean) * input_range
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def layout_permutation(source: str, target: str) -> tuple[int, ...] | None:
@@ -287,6 +242,48 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
+def open_session(model: bytes, *, providers: list | None = None, threads: int | None = None,
+                 optimize: bool = True, spinning: bool = True, source: str = "<bytes>",
+                 error: type[Exception] = InvalidBundleError, remedy: str = "recompile the bundle"):
+    """The one place an ONNX Runtime session is opened (backends, verification, the compiler's
+    analysis and training, the Triton export).
+
+    Args:
+        model: The serialized model.
+        providers: Execution providers; None for CUDA (if this onnxruntime has it) then CPU.
+            The CUDA provider is told ``use_tf32=0``: it runs float32 convolutions and matmuls in
+            TensorFloat-32 by default on Ampere and later, where the tails then differed from
+            the bundle's float32 references by ~1e-3 and ``verify`` failed.
+        threads: Intra-op threads; None for ONNX Runtime's choice.
+        optimize: False disables graph optimizations (analysis that reads intermediate tensors).
+        spinning: False stops idle worker threads from spinning (beside torch training on a
+            small machine).
+        source: What ``model`` is, for the error message.
+        error: The error type raised when ONNX Runtime cannot load it, with ``remedy``.
+
+    Returns:
+        An ``onnxruntime.InferenceSession``.
+    """
+    import onnxruntime as ort
+
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # CUDA-missing warnings are expected on CPU hosts
+    if check_threads(threads) is not None:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # ORT raises its own Exception subclasses
+        raise error(f"{source}: ONNX Runtime cannot load it ({exc}); {remedy}") from exc
+
+
 class OnnxBackend:
     """One ONNX Runtime session over a one-input, one-output model.
 
@@ -307,27 +304,9 @@ class OnnxBackend:
     def __init__(self, path_or_bytes: str | os.PathLike[str] | bytes, *,
                  providers: list[str | tuple[str, dict]] | None = None,
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         model, self.source = _read_model(path_or_bytes)
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                         if p in available]
-        # ONNX Runtime's CUDA provider runs float32 convolutions and matmuls in TensorFloat-32
-        # by default on Ampere and later: on an H100 the tails then differed from the bundle's
-        # float32 references by ~1e-3 and `verify` failed. Full float32 unless asked otherwise.
-        providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p
-                     for p in providers]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # CUDA-missing warnings are expected on CPU hosts
-        if check_threads(threads) is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(model, options, providers=providers)
-        except Exception as exc:  # ORT raises its own Exception subclasses
-            raise InvalidBundleError(f"{self.source}: ONNX Runtime cannot load it ({exc}); "
-                                     "recompile the bundle") from exc
+        self._session = open_session(model, providers=providers, threads=threads,
+                                     source=self.source)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise InvalidBundleError(f"{self.source}: has {len(inputs)} inputs and {len(outputs)} "

@@ -13,9 +13,9 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    (:class:`~splitpack.runtimes.load.LoadEstimator`, clamped to >= 1): the runtime follows a
    changing load only from what it measures; and each head planned with its own unloaded
    time once measured (``plan_measured_heads``), not the compile's profile;
-2. runs the head (stretched to ``device_slowdown`` x its typical time on this host, see
-   :meth:`~splitpack.runtimes.load.EmulatedLoad.stretch`, or to the slowdown an
-   ``emulated_load`` schedules at that moment, to emulate a slower or a busier device), encodes
+2. runs the head (at the device's own speed; a benchmark that emulates a slower or a busier
+   device passes an ``emulated_load``, which stretches it to the slowdown scheduled at that
+   moment, see :meth:`~splitpack.runtimes.load.EmulatedLoad.stretch`), encodes
    the wire payload (codes bit-packed, or entropy-coded with the variant's tables when its
    coding is ``entropy`` and that is smaller; an ``edge`` upload in the format its ``upload``
    names, JPEG or WebP at the compiled quality, else zlib: device compute too, stretched and
@@ -111,20 +111,20 @@ from typing import Callable
 import httpx
 import numpy as np
 
-from splitpack.errors import InvalidConfigError, WireFormatError
+from splitpack.errors import InvalidConfigError, InvalidInputError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
-from splitpack.planning.latency import Conditions, VariantProfile, plan_latency_ms
+from splitpack.planning.latency import Conditions, plan_latency_ms
 from splitpack.planning.selector import Constraints, Selector
 from splitpack.runtimes.backends import (
-    denormalize_to_uint8, encode_request, load_backend, load_entropy_tables, normalize_uint8,
-    wire_bundle_id,
-)  # fmt: skip
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)
+from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
 from splitpack.runtimes.load import EmulatedLoad, LoadEstimator, constant_load
 from splitpack.runtimes.netem import ShapedLink
 from splitpack.planning.transfer import TransferEstimator
 from splitpack.formats.wire import decode_payload
 
-__all__ = ["InferenceResult", "DeviceRuntime", "profile_of"]
+__all__ = ["InferenceResult", "DeviceRuntime"]
 
 # The edge variant's uploads (zlib, PNG, JPEG, WebP) and entropy-coded codes have sizes that
 # depend on the content; the manifest states their mean. The bundle's samples give a first size
@@ -182,17 +182,6 @@ class _DeadlineMissed(Exception):
         self.seconds, self.output, self.local_ms = seconds, output, local_ms
 
 
-def profile_of(variant) -> VariantProfile:
-    """The selector's :class:`VariantProfile` of a manifest :class:`Variant`."""
-    latency = variant.latency
-    return VariantProfile(
-        id=variant.id, kind=variant.kind, head_ms=latency.head_ms, encode_ms=latency.encode_ms,
-        decode_ms=latency.decode_ms, tail_ms=latency.tail_ms, payload_bytes=variant.payload_bytes,
-        result_bytes=latency.result_bytes, accuracy=variant.accuracy,
-        device_memory_bytes=latency.device_memory_bytes, cut=variant.cut,
-        compression_ratio=variant.compression_ratio)
-
-
 def _positive(name: str, value: float, *, minimum: float = 0.0, strict: bool = True) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or not (value > minimum if strict else value >= minimum):
@@ -212,12 +201,14 @@ class DeviceRuntime:
             answering one request at a time gains little from more than one for a small head.
         token: Bearer token the edge requires, if any.
         link: An emulated uplink; each payload is ``send`` through it before the HTTP request.
-        device_slowdown: The device is this many times slower than the host: the selector plans
-            with it, and without ``emulated_load`` every head is stretched to it.
-        emulated_load: Stretch device compute to the slowdown this schedules when it starts
-            (a load that changes, :class:`~splitpack.runtimes.load.EmulatedLoad`); default
-            ``device_slowdown`` for ever. The selector is not told: it sees the load only as
-            measured ``device_load``. May be replaced between requests (the benchmark does).
+        device_slowdown: The device is this many times slower than the host the bundle was
+            profiled on: the selector plans with it. It only tells; nothing is slowed down.
+        emulated_load: For benchmarks and trials on a fast host: stretch device compute to the
+            slowdown this schedules when it starts (:class:`~splitpack.runtimes.load.EmulatedLoad`,
+            e.g. ``EmulatedLoad(constant_load(device_slowdown))`` for a slower device, or a
+            load that changes). Default: none, compute runs at the device's own speed. The
+            selector is not told: it sees the load only as measured ``device_load``. May be
+            replaced between requests (the benchmark does).
         max_accuracy_drop: Accuracy points a variant may lose against the baseline.
         hysteresis: Fraction by which a new variant must beat the current one to switch.
         timeout_s: HTTP timeout of each request and probe.
@@ -253,7 +244,8 @@ class DeviceRuntime:
             raise InvalidConfigError(f"edge_url: found {edge_url!r}; expected an http:// or "
                                      "https:// URL such as http://127.0.0.1:8000")
         self.device_slowdown = _positive("device_slowdown", device_slowdown)
-        self.emulated_load = emulated_load or EmulatedLoad(constant_load(self.device_slowdown))
+        # no emulation is a slowdown of 1 for ever: measured times are the device's own
+        self.emulated_load = emulated_load or EmulatedLoad(constant_load(1.0))
         self.timeout_s = _positive("timeout_s", timeout_s)
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s, strict=False)
         self.rtt_ms = _positive("rtt_ms", rtt_ms, strict=False)
@@ -273,7 +265,7 @@ class DeviceRuntime:
         # Every head up front: a switch must never wait for a session to be created.
         self.heads = {v.id: load_backend(self.bundle, v, backend, threads=threads)
                       for v in self.manifest.variants if v.kind in ("split", "local")}
-        self.profiles = {v.id: profile_of(v) for v in self.manifest.variants}
+        self.profiles = {v.id: v.profile() for v in self.manifest.variants}
         self.plan_measured_heads = bool(plan_measured_heads)
         self._profiled_head_ms = {vid: p.head_ms for vid, p in self.profiles.items()}
         self.sent_bytes: dict[str, float] = {}  # EWMA of one-sample payloads, per variant
@@ -397,7 +389,7 @@ class DeviceRuntime:
         dims_ok = batch.ndim == len(sample_shape) + 1 and batch.shape[0] >= 1 and all(
             not isinstance(d, int) or d == n for d, n in zip(sample_shape, batch.shape[1:]))
         if x.dtype not in _INPUT_DTYPES or not dims_ok:  # (dtype.name is slow to read)
-            raise InvalidConfigError(
+            raise InvalidInputError(
                 f"input: found {x.dtype.name} {x.shape}, expected uint8 pixels or float32 "
                 f"normalized input of shape {sample_shape} or (batch, {', '.join(map(str, sample_shape))})")
         return np.ascontiguousarray(batch), single

@@ -22,8 +22,9 @@ import numpy as np
 from splitpack.errors import InvalidBundleError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.runtimes.backends import (
-    OnnxBackend, encode_request, load_backend, load_entropy_tables, normalize_uint8, upload_of,
-)  # fmt: skip
+    OnnxBackend, encode_request, load_backend, load_entropy_tables, upload_of,
+)
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
 from splitpack.formats.wire import decode_payload, encode_payload, round_trip_codes
 
 __all__ = ["VerifyReport", "verify_bundle", "TFLITE_CODE_MISMATCH_LIMIT"]
@@ -118,7 +119,7 @@ def _verify(bundle: Bundle, atol: float, tflite: bool) -> VerifyReport:
 
 
 def _wire_ids(variant) -> dict:
-    return {"bundle_id": "0" * 16, "variant_id": variant.id}  # sizes as the manifest assumes
+    return {"bundle_id": WIRE_ID_PLACEHOLDER, "variant_id": variant.id}  # sizes as the manifest assumes
 
 
 def _entropy_round_trip(variant, codes: np.ndarray, tables) -> tuple[np.ndarray, dict]:
@@ -143,7 +144,7 @@ def _check_upload(variant, pixels: np.ndarray) -> dict:
     compression, quality = upload_of(variant)
     sizes = []
     for index in range(len(pixels)):
-        message = encode_request(variant, pixels[index:index + 1], wire_bundle_id="0" * 16)
+        message = encode_request(variant, pixels[index:index + 1], wire_bundle_id=WIRE_ID_PLACEHOLDER)
         decoded = decode_payload(message)[1]
         if decoded.shape != pixels[index:index + 1].shape or decoded.dtype != np.uint8:
             raise InvalidBundleError(f"variant {variant.id!r}: a {compression} upload of sample "

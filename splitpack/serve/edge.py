@@ -64,9 +64,9 @@ from starlette.requests import ClientDisconnect
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle
 from splitpack.runtimes.backends import (
-    WireInput, expected_wire_input, load_backend, load_entropy_tables, normalize_uint8,
-    wire_bundle_id,
-)  # fmt: skip
+    WireInput, expected_wire_input, load_backend, load_entropy_tables, wire_bundle_id,
+)
+from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.entropy import EntropyTables
 from splitpack.runtimes.load import (
     LOAD_CLOCKS, EmulatedLoad, follow_clock_lines, read_load_trace,

@@ -32,6 +32,7 @@ from typing import Any
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
 from splitpack.formats.bundle import Bundle, read_bundle
 from splitpack.formats.manifest import Manifest, Variant
+from splitpack.runtimes.backends import open_session
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE", "INSTANCE_KINDS", "TRITON_DTYPES", "TritonTensor", "TritonModel",
@@ -93,13 +94,7 @@ class TritonModel:
 
 def _signature(model_bytes: bytes, source: str) -> tuple[tuple, tuple]:
     """((name, dtype, shape), (name, dtype, shape)) of a one-input, one-output ONNX model."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Exception subclasses
-        raise InvalidBundleError(f"{source}: ONNX Runtime cannot load it ({exc}); recompile "
-                                 "the bundle") from None
+    session = open_session(model_bytes, providers=["CPUExecutionProvider"], source=source)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise InvalidBundleError(f"{source}: has {len(inputs)} inputs and {len(outputs)} "

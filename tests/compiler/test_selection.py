@@ -10,7 +10,7 @@ import pytest
 
 from splitpack.compiler.selection import MAX_REPLACEMENT_ROUNDS, Selection, select_variants
 from splitpack.predictors.accuracy import CellFeatures, Prediction
-from splitpack.planning.latency import VariantProfile
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange
 

@@ -11,9 +11,9 @@ from splitpack.errors import InvalidBundleError, InvalidConfigError
 from splitpack.formats import read_bundle, read_samples, write_bundle
 from splitpack.formats.manifest import Preprocessing
 from splitpack.runtimes.backends import (
-    RAW_OFFSET, RAW_SCALE, LiteRtBackend, OnnxBackend, denormalize_to_uint8, expected_wire_input,
-    layout_permutation, load_backend, normalize_uint8, wire_bundle_id,
-)  # fmt: skip
+    RAW_OFFSET, RAW_SCALE, LiteRtBackend, OnnxBackend, expected_wire_input, layout_permutation, load_backend, wire_bundle_id,
+)
+from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
 from tests.bundles import INPUT_SHAPE, MEAN, STD, tiny_cnn
 
 FIXED_BATCH_RELU = """

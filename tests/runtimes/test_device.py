@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from splitpack.errors import InvalidConfigError
+from splitpack.errors import InvalidConfigError, InvalidInputError
 from splitpack.formats import read_samples
 from splitpack.cli import runtime as commands
-from splitpack.runtimes.backends import normalize_uint8
+from splitpack.formats.variants import normalize_uint8
 from splitpack.serve.loopback import free_port
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.serve.edge import create_app
@@ -487,7 +487,7 @@ def test_without_a_deadline_an_upload_waits_out_the_outage(bundle, app, samples)
 ])  # fmt: skip
 def test_bad_inputs_are_refused(bundle, app, x, match) -> None:
     with _runtime(bundle, FlakyEdge(app), FakeClock()) as runtime:
-        with pytest.raises(InvalidConfigError, match=match):
+        with pytest.raises(InvalidInputError, match=match):
             runtime.infer(x)
 
 

@@ -58,7 +58,8 @@ import splitpack.runtimes.netem
 from splitpack.formats import read_bundle, read_samples
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.serve.edge import create_app
-from splitpack.runtimes.backends import load_backend, load_entropy_tables, normalize_uint8
+from splitpack.formats.variants import normalize_uint8
+from splitpack.runtimes.backends import load_backend, load_entropy_tables
 from splitpack.formats.wire import decode_payload, encode_payload
 
 bundle_path, port = sys.argv[1], int(sys.argv[2])

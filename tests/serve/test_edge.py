@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from splitpack.errors import InvalidConfigError
 from splitpack.formats import read_samples
 from splitpack.cli import runtime as commands
-from splitpack.runtimes.backends import load_backend, normalize_uint8
+from splitpack.runtimes.backends import load_backend
+from splitpack.formats.variants import normalize_uint8
 from splitpack.serve.loopback import edge_server
 from splitpack.serve.edge import EdgeServer, create_app, serve
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from splitpack.errors import InvalidConfigError
 from splitpack.formats import read_samples
 from splitpack.cli import runtime as commands
-from splitpack.runtimes.backends import load_backend, normalize_uint8
+from splitpack.runtimes.backends import load_backend
+from splitpack.formats.variants import normalize_uint8
 from splitpack.serve.loopback import free_port
 from splitpack.bench.serve import run_serve_benchmark
 from splitpack.runtimes.device import DeviceRuntime
