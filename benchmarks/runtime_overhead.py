@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitpack.formats.bundle import read_bundle, read_samples  # noqa: E402
-from splitpack.serve.loopback import edge_server  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.load import EmulatedLoad, constant_load  # noqa: E402
 from splitpack.runtimes.netem import ShapedLink, constant_trace  # noqa: E402
+from splitpack.serve.loopback import edge_server  # noqa: E402
 
 PARTS = ("_choose", "_payload", "_send", "post")
 

@@ -20,9 +20,10 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["THIRD_PARTY_LOGGERS", "capture_native_stderr", "quiet_third_party", "show_project_messages"]
+__all__ = ["THIRD_PARTY_LOGGERS", "capture_native_stderr", "forward_messages", "quiet_third_party",
+           "show_project_messages"]
 
 THIRD_PARTY_LOGGERS = ("torch", "torchao", "litert_torch", "ai_edge_litert", "absl", "tensorflow", "jax",
                        "onnxscript", "onnx_ir")
@@ -86,6 +87,32 @@ def show_project_messages(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         _LOG.addHandler(handler)
         _LOG.propagate = False  # a library may have given the root logger a handler too
+
+
+class _CallbackHandler(logging.Handler):
+    def __init__(self, callback: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.callback(record.getMessage())
+
+
+@contextlib.contextmanager
+def forward_messages(callback: Callable[[str], None]) -> Iterator[None]:
+    """Also give ``callback`` every INFO-and-up message of the ``splitpack`` loggers (one
+    ``logging.getLogger(__name__)`` per module) while the block runs: a caller's progress
+    callback (``compile_bundle(log=...)``). INFO is enabled for the block if it was not."""
+    handler = _CallbackHandler(callback)
+    level = _LOG.level
+    if not _LOG.isEnabledFor(logging.INFO):
+        _LOG.setLevel(logging.INFO)
+    _LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        _LOG.removeHandler(handler)
+        _LOG.setLevel(level)
 
 
 @contextlib.contextmanager

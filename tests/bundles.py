@@ -24,11 +24,11 @@ import onnxruntime as ort
 import pytest
 
 from splitpack.formats import read_bundle, write_bundle
-from splitpack.formats.manifest import SCHEMA_VERSION
-from splitpack.runtimes.backends import wire_bundle_id
-from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.entropy import calibrate_tables, tables_to_bytes
+from splitpack.formats.manifest import SCHEMA_VERSION
+from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.wire import measure_payload_bytes, message_bytes, round_trip_codes
+from splitpack.runtimes.backends import wire_bundle_id
 
 INPUT_SHAPE = (1, 1, 16, 16)
 NUM_CLASSES = 10

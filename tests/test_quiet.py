@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-from splitpack.quiet import THIRD_PARTY_LOGGERS, capture_native_stderr, quiet_third_party
+from splitpack.quiet import THIRD_PARTY_LOGGERS, capture_native_stderr, forward_messages, quiet_third_party
 
 # What the check greps for, plus glog/absl prefixes such as "W1201 14:15:53.394000" and
 # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate".
@@ -129,3 +129,21 @@ def test_cli_prints_no_third_party_noise_and_verbose_keeps_its_own_output():
     assert NOISE.findall(quiet.stdout + quiet.stderr) == []
     assert quiet.stdout == verbose.stdout  # the command's own output is the same
     assert "valid cuts of splitpack.models:digits_cnn" in quiet.stdout
+
+
+def test_forwarded_messages_reach_the_callback_and_the_level_comes_back() -> None:
+    project, module = logging.getLogger("splitpack"), logging.getLogger("splitpack.compiler.some_step")
+    level = project.level
+    project.setLevel(logging.WARNING)
+    try:
+        lines: list[str] = []
+        with forward_messages(lines.append):
+            module.info("step %d of %d", 1, 6)
+            module.debug("not at INFO")
+            logging.getLogger("elsewhere").warning("not splitpack's")
+        module.info("after the block")
+        assert lines == ["step 1 of 6"]
+        assert project.level == logging.WARNING and not any(
+            type(h).__name__ == "_CallbackHandler" for h in project.handlers)
+    finally:
+        project.setLevel(level)

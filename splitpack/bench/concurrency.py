@@ -13,16 +13,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from splitpack.errors import InternalError, InvalidConfigError, WireFormatError
-from splitpack.formats.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import (
-    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
-)  # fmt: skip
 from splitpack.bench.support import (
     MAX_BUSY_RETRIES, OCTET_STREAM_HEADERS, host_info, model_input, percentile,
 )
-from splitpack.serve.loopback import edge_process
+from splitpack.errors import InternalError, InvalidConfigError, WireFormatError
+from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.formats.wire import decode_payload
+from splitpack.runtimes.backends import (
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)  # fmt: skip
+from splitpack.serve.loopback import edge_process
 
 __all__ = ["CONCURRENCY_FORMAT", "run_concurrency_benchmark"]
 

@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
-from splitpack.predictors.accuracy import CellFeatures, fit_predictor, knee_ratio
-from splitpack.planning.latency import Conditions, plan_latency_ms
 from splitpack.formats.variants import VariantProfile
+from splitpack.planning.latency import Conditions, plan_latency_ms
+from splitpack.predictors.accuracy import CellFeatures, fit_predictor, knee_ratio
 from splitpack.predictors.sampling import sample_and_fit
 
 __all__ = ["validate_grid", "replay_grid", "bitpacked_cells", "learned_cells", "cell_cost", "LatencySetting"]

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from splitpack.errors import InvalidConfigError
 from splitpack.bench.support import percentile
+from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.load import LoadSchedule
 from splitpack.runtimes.netem import BandwidthTrace
 

@@ -62,22 +62,22 @@ from typing import Callable
 import httpx
 import numpy as np
 
-from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
-from splitpack.formats.bundle import Bundle, read_bundle, read_samples
-from splitpack.planning.latency import plan_latency_ms
-from splitpack.runtimes.backends import (
-    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
-)  # fmt: skip
 from splitpack.bench.report import (
     RUNTIME_FORMAT, load_info, runtime_result, summarize_run, switches_after_changes, trace_info,
 )  # fmt: skip
 from splitpack.bench.support import OCTET_STREAM_HEADERS, host_info, model_input
-from splitpack.serve.loopback import edge_server
+from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
+from splitpack.formats.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.wire import decode_payload
+from splitpack.planning.latency import plan_latency_ms
+from splitpack.runtimes.backends import (
+    encode_request, load_backend, load_entropy_tables, wire_bundle_id,
+)  # fmt: skip
 from splitpack.runtimes.device import DeviceRuntime, InferenceResult
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load, read_load_trace
 from splitpack.runtimes.netem import BandwidthTrace, ShapedLink
 from splitpack.runtimes.netem import load_trace as load_bandwidth_trace
-from splitpack.formats.wire import decode_payload
+from splitpack.serve.loopback import edge_server
 
 __all__ = ["RUNTIME_FORMAT", "run_runtime_benchmark"]
 

@@ -23,19 +23,19 @@ from typing import Callable
 
 import numpy as np
 
+from splitpack.bench.plots import plot_selector
 from splitpack.compiler.codec import codec_ladder, compression_ratio, parse_codec
 from splitpack.compiler.cuts import find_cuts
 from splitpack.compiler.export import load_model
 from splitpack.compiler.grid import payload_bytes_of
-from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, VariantProfile, split_variant_id
 from splitpack.compiler.profile import profile_model
 from splitpack.errors import InvalidConfigError
-from splitpack.bench.plots import plot_selector
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, VariantProfile, split_variant_id
+from splitpack.formats.wire import message_bytes
 from splitpack.planning.latency import ConditionArrays, Conditions, ProfileArrays, latency_matrix
 from splitpack.planning.selector import Constraints, Selector
 from splitpack.planning.variant_set import OperatingRange, choose_variant_set
 from splitpack.runtimes.profile import host_info
-from splitpack.formats.wire import message_bytes
 
 __all__ = ["Scenario", "PHONE", "MICROCONTROLLER", "SCENARIOS", "knee_rule", "measure_decision",
            "evaluate_scenario", "run_selector_benchmark", "format_selector_summary",

@@ -37,15 +37,15 @@ from typing import Iterator
 import httpx
 import numpy as np
 
+from splitpack.bench.support import OCTET_STREAM_HEADERS
 from splitpack.errors import InvalidConfigError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.variants import normalize_uint8
+from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )
-from splitpack.formats.variants import normalize_uint8
-from splitpack.bench.support import OCTET_STREAM_HEADERS
 from splitpack.serve.loopback import free_port
-from splitpack.formats.wire import decode_payload
 
 __all__ = ["SERVE_FORMAT", "ENGINES", "run_serve_benchmark"]
 

@@ -12,6 +12,7 @@ on this host, the median over up to ``TIMING_SAMPLES`` samples, is added to the 
 
 from __future__ import annotations
 
+import logging
 import io
 import math
 import platform
@@ -22,27 +23,29 @@ from typing import Mapping
 import numpy as np
 import onnx
 
+from splitpack._version import __version__
 from splitpack.compiler.codec import codes_shape, parse_codec, quantization_params
 from splitpack.compiler.evaluate import evaluate_split
 from splitpack.compiler.graph import graph_inputs
-from splitpack._version import __version__
-from splitpack.errors import InvalidConfigError
 from splitpack.compiler.input_upload import InputUploadChoice
 from splitpack.compiler.train import run_onnx
+from splitpack.errors import InvalidConfigError
 from splitpack.formats.bundle import pack_bundle, write_bundle
-from splitpack.formats.manifest import SCHEMA_VERSION
-from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, result_bytes
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, entropy_message_sizes
 from splitpack.formats.entropy import (
     EntropyTables, calibrate_tables, decode_codes, encode_codes, tables_to_bytes,
 )  # fmt: skip
-from splitpack.runtimes.verify import verify_bundle
+from splitpack.formats.manifest import SCHEMA_VERSION
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, result_bytes
 from splitpack.formats.wire import (
     decode_payload, encode_payload, header_bytes, measure_payload_bytes, message_bytes,
 )  # fmt: skip
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, entropy_message_sizes
+from splitpack.runtimes.verify import verify_bundle
 
 __all__ = ["emit_bundle", "model_id_of", "entropy_calibration_codes", "PAYLOAD_SAMPLES",
            "ENTROPY_CALIBRATION_SAMPLES"]
+
+_LOG = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 SAMPLES_FILE = "samples.npz"
@@ -107,7 +110,7 @@ def _median_ms(call, count: int) -> float:
 
 
 def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndarray | EntropyTables,
-                    dataset, packed_bytes: int, log) -> tuple[dict, dict, bytes | None]:
+                    dataset, packed_bytes: int) -> tuple[dict, dict, bytes | None]:
     """(record fields, coding ms, tables file) of a variant offered entropy coding; bit-packing
     is kept, without a tables file, when entropy coding does not send fewer bytes on the test
     samples."""
@@ -118,7 +121,7 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
                                                 wire_bundle_id=WIRE_ID_PLACEHOLDER)
     mean, p95 = float(sent.mean()), float(np.percentile(sent, 95))
     if mean >= packed_bytes:
-        log(f"    {vid}: entropy coding sends {entropy_coded.mean():.0f} B, bit-packing {packed_bytes} B; "
+        _LOG.info(f"    {vid}: entropy coding sends {entropy_coded.mean():.0f} B, bit-packing {packed_bytes} B; "
             "keeping bit-packing")
         return {"payload_bytes": packed_bytes, "payload_bytes_p95": packed_bytes}, {}, None
     count = min(TIMING_SAMPLES, len(codes))
@@ -126,7 +129,7 @@ def _entropy_fields(vid: str, codec, head: onnx.ModelProto, calibration: np.ndar
     coding_ms = {"encode_ms": _median_ms(lambda i: encode_codes(codes[i:i + 1], tables), count),
                  "decode_ms": _median_ms(lambda i: decode_codes(streams[i], codes[i:i + 1].shape,
                                                                 tables), count)}
-    log(f"    {vid}: entropy coding {mean:.0f} B mean (p95 {p95:.0f}), bit-packed "
+    _LOG.info(f"    {vid}: entropy coding {mean:.0f} B mean (p95 {p95:.0f}), bit-packed "
         f"{packed_bytes} B; {coding_ms['encode_ms']:.3f} + {coding_ms['decode_ms']:.3f} ms")
     return ({"payload_bytes": round(mean), "payload_bytes_p95": math.ceil(p95)},
             coding_ms, tables_to_bytes(tables))
@@ -162,14 +165,14 @@ def _edge_fields(dataset, input_shape: tuple[int, ...], baseline: float,
 
 
 def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseline, profile, selection,
-                predictor_json: str, log,
+                predictor_json: str,
                 entropy: Mapping[str, np.ndarray | EntropyTables] | None = None,
                 edge_upload: InputUploadChoice | None = None) -> dict:
     """Write the bundle and its archive, then verify them.
 
     Args:
         settings, out, work, model, cuts, dataset, baseline, profile, selection,
-            predictor_json, log: The compile's state (see ``compile_bundle``); ``selection`` is
+            predictor_json: The compile's state (see ``compile_bundle``); ``selection`` is
             the :class:`~splitpack.compiler.selection.Selection` whose ``chosen`` variants
             (their final artifacts in ``work/final/<id>/``) the bundle carries, possibly none.
         entropy: Split variant id -> uint8 codes of training inputs (batch first, e.g.
@@ -206,7 +209,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
                     "device_memory_bytes": sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer)},
     }
     if settings.tflite:
-        log("    TFLite: local head (the whole model)")
+        _LOG.info("    TFLite: local head (the whole model)")
         artifact, check = _tflite(model, x)
         files["variants/local/head.tflite"] = artifact.data
         local["artifacts"]["head_tflite"] = "variants/local/head.tflite"
@@ -241,7 +244,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
         sizes, coding_ms, tables_file = {"payload_bytes": packed, "payload_bytes_p95": packed}, {}, None
         if vid in entropy:
             sizes, coding_ms, tables_file = _entropy_fields(vid, codec, head, entropy[vid], dataset,
-                                                            packed, log)
+                                                            packed)
         record = {
             "id": vid, "kind": "split", "cut": cut.name, "cut_label": cut.label, "codec": codec.name,
             "compression_ratio": cell["compression_ratio"], **sizes,
@@ -263,7 +266,7 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
             record["artifacts"]["entropy_tables"] = f"variants/{vid}/{ENTROPY_TABLES_FILE}"
             record["quantization"]["coding"] = "entropy"
         if settings.tflite:
-            log(f"    TFLite: {vid} head")
+            _LOG.info(f"    TFLite: {vid} head")
             artifact, check = _tflite(head, x)
             files[f"variants/{vid}/head.tflite"] = artifact.data
             record["artifacts"]["head_tflite"] = f"variants/{vid}/head.tflite"
@@ -291,6 +294,6 @@ def emit_bundle(*, settings, out: Path, work: Path, model, cuts, dataset, baseli
     }
     write_bundle(out, fields, files)
     archive = pack_bundle(out, out.parent / f"{out.name}.tar.gz")
-    log(f"    wrote {out} and {archive}; verifying the archive")
+    _LOG.info(f"    wrote {out} and {archive}; verifying the archive")
     verify_bundle(archive, tflite=settings.tflite)  # the archive: what ships, packing included
     return {"archive": str(archive), "variants": variants}

@@ -19,11 +19,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
-from splitpack.formats.manifest import Preprocessing
-from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, OnnxBackend
-from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
 from splitpack.formats.images import LOSSY_FORMATS, QUALITY_RANGE
+from splitpack.formats.manifest import Preprocessing
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
 from splitpack.formats.wire import decode_payload, encode_payload
+from splitpack.runtimes.backends import RAW_OFFSET, RAW_SCALE, OnnxBackend
 
 __all__ = ["DEFAULT_QUALITIES", "LOSSLESS_FORMATS", "UploadPoint", "InputUploadChoice",
            "measure_upload", "choose_input_upload"]

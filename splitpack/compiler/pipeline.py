@@ -45,18 +45,21 @@ from splitpack.compiler.codec import codec_space, parse_codec
 from splitpack.compiler.cuts import Cut, find_cuts
 from splitpack.compiler.evaluate import evaluate_model
 from splitpack.compiler.grid import measure_cell
-from splitpack.formats.variants import split_variant_id
 from splitpack.compiler.selection import Selection, candidate_profiles, cell_features, select_variants
 from splitpack.compiler.settings import CompileSettings, parse_bandwidth
 from splitpack.compiler.train import compute_cut_features, frozen_tail
 from splitpack.errors import InvalidConfigError, SplitpackError
-from splitpack.predictors.accuracy import CellFeatures
-from splitpack.predictors.sampling import SamplingResult, sample_and_fit
+from splitpack.formats.variants import split_variant_id
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange
+from splitpack.predictors.accuracy import CellFeatures
+from splitpack.predictors.sampling import SamplingResult, sample_and_fit
+from splitpack.quiet import forward_messages
 
 __all__ = ["compile_bundle", "CompileResult", "UPLOAD_SAMPLES", "load_inputs", "find_model_cuts",
            "profile_cuts", "sample_cells", "select_and_train", "emit_variants"]
+
+_LOG = logging.getLogger(__name__)
 
 UPLOAD_SAMPLES = 2000  # test images that measure the edge variant's upload curve
 
@@ -95,8 +98,8 @@ class _Work:
 class _Trainer:
     """Trains cells on demand, with cut features cached in memory and results in the work folder."""
 
-    def __init__(self, model, cuts: dict[str, Cut], dataset, work: _Work, settings: CompileSettings, log):
-        self.model, self.cuts, self.dataset, self.work, self.settings, self.log = model, cuts, dataset, work, settings, log
+    def __init__(self, model, cuts: dict[str, Cut], dataset, work: _Work, settings: CompileSettings):
+        self.model, self.cuts, self.dataset, self.work, self.settings = model, cuts, dataset, work, settings
         self._features: dict[str, tuple] = {}
 
     def _cut_state(self, cut: Cut):
@@ -121,14 +124,14 @@ class _Trainer:
                 for name in ("head.onnx", "tail.onnx"):
                     shutil.copyfile(sampled / name, self.work.path(folder, key, name))
                 cell = json.loads(sampled.with_suffix(".json").read_text())
-                self.log(f"    {cut.label} {codec}: {cell['accuracy']:.2f}% (trained while sampling, same settings)")
+                _LOG.info(f"    {cut.label} {codec}: {cell['accuracy']:.2f}% (trained while sampling, same settings)")
                 return cell
             features, tail_module = self._cut_state(cut)
             (cell,), _, (head, tail) = measure_cell(self.model, features, codec, self.dataset, epochs=epochs,
                                                      seed=self.settings.seed, progress=True, tail_module=tail_module)
             onnx.save(head, str(self.work.path(folder, key, "head.onnx")))
             onnx.save(tail, str(self.work.path(folder, key, "tail.onnx")))
-            self.log(f"    {cut.label} {codec}: {cell.compression_ratio:.0f}x, {cell.accuracy:.2f}% "
+            _LOG.info(f"    {cut.label} {codec}: {cell.compression_ratio:.0f}x, {cell.accuracy:.2f}% "
                      f"({cell.train_seconds:.1f} s)")
             return asdict(cell)
 
@@ -208,7 +211,7 @@ def selection_key(settings: CompileSettings) -> str:
 
 def select_and_train(settings: CompileSettings, work: _Work, trainer: _Trainer, sampling: SamplingResult,
                      candidates: list[CellFeatures], *, profile: dict, num_classes: int,
-                     input_shape: tuple[int, ...], baseline: float, log: Callable[[str], None]) -> Selection:
+                     input_shape: tuple[int, ...], baseline: float) -> Selection:
     """The variant set, trained at final settings (see :mod:`splitpack.compiler.selection`),
     cached under :func:`selection_key`."""
     low, high = parse_bandwidth(settings.bandwidth)
@@ -226,14 +229,14 @@ def select_and_train(settings: CompileSettings, work: _Work, trainer: _Trainer, 
     def compute() -> dict:
         return select_variants(candidates=candidates, predictor=sampling.predictor, profiles_for=profiles_for,
                                constraints=constraints, operating_range=operating_range, k=settings.variants,
-                               train_final=train_final, log=log).to_json()
+                               train_final=train_final).to_json()
 
     return Selection.from_json(work.json(f"selection-{selection_key(settings)}", compute))
 
 
 def emit_variants(settings: CompileSettings, out: Path, work: _Work, *, model: onnx.ModelProto,
                   cuts: dict[str, Cut], dataset, baseline: float, profile: dict, selection: Selection,
-                  log: Callable[[str], None]) -> dict:
+                  ) -> dict:
     """Entropy tables and the edge upload, then the bundle, its archive and their verification."""
     from splitpack.compiler.emit import emit_bundle, entropy_calibration_codes
     from splitpack.compiler.input_upload import choose_input_upload
@@ -252,11 +255,11 @@ def emit_variants(settings: CompileSettings, out: Path, work: _Work, *, model: o
         work.write_json("edge_upload", {  # the curve the choice was made from (the demo plots it)
             "images": min(UPLOAD_SAMPLES, len(dataset.x_test)), "min_accuracy": upload.min_accuracy,
             "choice": point.as_dict(), "curve": [p.as_dict() for p in upload.curve]})
-        log(f"    edge upload: {point.format}{'' if point.quality is None else f' quality {point.quality}'}, "
+        _LOG.info(f"    edge upload: {point.format}{'' if point.quality is None else f' quality {point.quality}'}, "
             f"{point.payload_bytes:.0f} B mean, {point.accuracy:.2f}% (floor {upload.min_accuracy:.2f}%)")
     return emit_bundle(
         settings=settings, out=out, work=work.root, model=model, cuts=cuts, dataset=dataset, baseline=baseline,
-        profile=profile, selection=selection, predictor_json=selection.predictor_json, log=log,
+        profile=profile, selection=selection, predictor_json=selection.predictor_json,
         entropy=entropy, edge_upload=upload)
 
 
@@ -266,12 +269,12 @@ class _Steps:
     """Runs the named steps in order: logs ``[i/n] name``, times each, and names the step and the
     model in any error."""
 
-    def __init__(self, model: str, count: int, log: Callable[[str], None]) -> None:
-        self.model, self.count, self.log = model, count, log
+    def __init__(self, model: str, count: int) -> None:
+        self.model, self.count = model, count
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, function: Callable, *args, **kwargs):
-        self.log(f"[{len(self.seconds) + 1}/{self.count}] {name}")
+        _LOG.info(f"[{len(self.seconds) + 1}/{self.count}] {name}")
         start = time.perf_counter()
         try:
             result = function(*args, **kwargs)
@@ -287,8 +290,8 @@ def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str],
     Args:
         settings: validated compile settings.
         out: the bundle folder to write (replaced atomically); the archive goes next to it.
-        log: where progress lines go; by default the ``splitpack.compiler.pipeline`` logger at
-            INFO (the command line prints those).
+        log: also given every progress line, if set. The lines are INFO messages of the
+            ``splitpack.compiler.*`` loggers (the command line prints those) either way.
 
     Returns:
         A ``CompileResult`` with ``bundle``, ``archive``, ``work``, ``step_seconds``,
@@ -296,33 +299,39 @@ def compile_bundle(settings: CompileSettings, out: Path, *, log: Callable[[str],
         floor: id, accuracy, predicted_accuracy, reason).
     """
     out = Path(out)
-    log = log or logging.getLogger(__name__).info
+    if log is None:
+        return _compile(settings, out)
+    with forward_messages(log):
+        return _compile(settings, out)
+
+
+def _compile(settings: CompileSettings, out: Path) -> CompileResult:
     work = _Work(out.parent / f"{out.name}.work" / settings.fingerprint())
-    steps = _Steps(settings.model, 6, log)
+    steps = _Steps(settings.model, 6)
     loaded, dataset = steps.run("load model and data", load_inputs, settings, work)
     model, input_shape = loaded.onnx_model, loaded.input_shape
     cuts = steps.run("find cuts", find_model_cuts, settings, model, input_shape)
     profile = steps.run("profile (ONNX Runtime, this host)", profile_cuts, work, model, input_shape, cuts)
     baseline = work.json("baseline", lambda: evaluate_model(model, dataset.x_test, dataset.y_test))
-    log(f"    baseline accuracy {baseline:.2f}% over {len(dataset.x_test)} test samples, {len(cuts)} cuts")
+    _LOG.info(f"    baseline accuracy {baseline:.2f}% over {len(dataset.x_test)} test samples, {len(cuts)} cuts")
 
-    trainer = _Trainer(model, cuts, dataset, work, settings, log)
+    trainer = _Trainer(model, cuts, dataset, work, settings)
     candidates = [cell_features(cut, codec) for cut in cuts.values() for codec in codec_space(cut.shape)]
     sampling = steps.run(f"sample and train {settings.budget} of {len(candidates)} cells",
                          sample_cells, settings, trainer, candidates, baseline)
     work.path("predictor.json").write_text(sampling.predictor.to_json())
     selection = steps.run(f"select {settings.variants} variants and train them", select_and_train,
                           settings, work, trainer, sampling, candidates, profile=profile,
-                          num_classes=dataset.num_classes, input_shape=input_shape, baseline=baseline, log=log)
-    log(f"    chosen: {', '.join(selection.chosen) or 'no split variant'} "
+                          num_classes=dataset.num_classes, input_shape=input_shape, baseline=baseline)
+    _LOG.info(f"    chosen: {', '.join(selection.chosen) or 'no split variant'} "
         f"(coverage regret mean {selection.coverage_regret_mean:.3f})")
     for dropped in selection.dropped:
-        log(f"    not in the bundle: {dropped.id}: {dropped.reason}")
+        _LOG.info(f"    not in the bundle: {dropped.id}: {dropped.reason}")
     if len(selection.chosen) < settings.variants:
-        log(f"    {len(selection.chosen)} of {settings.variants} split variants met the accuracy floor; "
+        _LOG.info(f"    {len(selection.chosen)} of {settings.variants} split variants met the accuracy floor; "
             "the bundle carries those, local and edge (raise --max-accuracy-drop or --final-epochs for more)")
     result = steps.run("entropy tables, input upload, emit, TFLite, bundle and verify", emit_variants,
                        settings, out, work, model=model, cuts=cuts, dataset=dataset, baseline=baseline,
-                       profile=profile, selection=selection, log=log)
+                       profile=profile, selection=selection)
     return CompileResult(bundle=str(out), archive=result["archive"], work=str(work.root), step_seconds=steps.seconds,
                          variants=result["variants"], dropped=[asdict(d) for d in selection.dropped])

@@ -20,6 +20,7 @@ The bundle carries the kept variants, however few, plus ``local`` and ``edge``; 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -29,16 +30,17 @@ from splitpack.compiler.codec import compression_ratio, cut_channels, parse_code
 from splitpack.compiler.cuts import Cut
 from splitpack.compiler.grid import payload_bytes_of
 from splitpack.formats.variants import (
-    WIRE_ID_PLACEHOLDER, parse_split_variant_id, result_bytes, split_variant_id,
+    WIRE_ID_PLACEHOLDER, VariantProfile, parse_split_variant_id, result_bytes, split_variant_id,
 )
-from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, Prediction
 from splitpack.planning.latency import ProfileArrays, latency_matrix
-from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange, choose_variant_set
+from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, Prediction
 
 __all__ = ["DroppedVariant", "Selection", "cell_features", "candidate_profiles", "pad_variants",
            "spread_over_cuts", "select_variants", "MAX_REPLACEMENT_ROUNDS"]
+
+_LOG = logging.getLogger(__name__)
 
 MAX_REPLACEMENT_ROUNDS = 1
 _FLOOR_TOLERANCE = 1e-9
@@ -184,7 +186,7 @@ def spread_over_cuts(chosen: list[str], profiles: Sequence[VariantProfile], cons
 def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPredictor,
                     profiles_for: Callable[[Sequence[Prediction]], list[VariantProfile]],
                     constraints: Constraints, operating_range: OperatingRange, k: int,
-                    train_final: Callable[[str, str], dict], log: Callable[[str], None]) -> Selection:
+                    train_final: Callable[[str, str], dict]) -> Selection:
     """Choose up to ``k`` split variants, train them, replace the ones below the floor once.
 
     Args:
@@ -196,7 +198,6 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
         k: Most split variants.
         train_final: ``(cut label, codec name) -> final cell dict`` (trains at final settings,
             keeps the artifacts; cached by the caller).
-        log: Progress lines.
 
     Returns:
         The :class:`Selection`; its ``chosen`` may be empty (the bundle then carries ``local``
@@ -212,7 +213,7 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
     queue = spread_over_cuts(pad_variants(list(first.variant_ids), profiles, constraints, operating_range, k),
                              profiles, constraints, operating_range, tensor_bytes)
     if not queue:
-        log("    no split variant is predicted to meet the floor: the bundle carries local and edge only")
+        _LOG.info("    no split variant is predicted to meet the floor: the bundle carries local and edge only")
     by_id = {p.id: p for p in profiles}
     finals: dict[str, dict] = {}
     predicted: dict[str, float] = {}
@@ -228,7 +229,7 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
             else:
                 reason = f"measured {cell['accuracy']:.2f}% < floor {floor:.2f}% (predicted {predicted_of[vid]:.2f}%)"
                 dropped.append(DroppedVariant(vid, cell["accuracy"], predicted_of[vid], reason))
-                log(f"    dropped {vid}: {reason}")
+                _LOG.info(f"    dropped {vid}: {reason}")
         open_slots = len(queue) - sum(1 for vid in queue if vid in kept)
         if not open_slots or rounds >= MAX_REPLACEMENT_ROUNDS:
             break
@@ -248,7 +249,7 @@ def select_variants(*, candidates: Sequence[CellFeatures], predictor: AccuracyPr
         queue = spread_over_cuts(wanted, profiles, constraints, operating_range, tensor_bytes)[len(kept):]
         if not queue:
             break
-        log(f"    replacing {open_slots} variant(s) once: {', '.join(queue)}")
+        _LOG.info(f"    replacing {open_slots} variant(s) once: {', '.join(queue)}")
     return Selection(chosen=tuple(kept), finals=finals, predicted=predicted,
                      chosen_by_regret=tuple(first.variant_ids),
                      coverage_regret_mean=last.coverage_regret_mean, coverage_regret_max=last.coverage_regret_max,

@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.latency import (
     Conditions, PowerModel, ProfileArrays, energy_weights, latency_weights,
 )
-from splitpack.formats.variants import VariantProfile
 
 __all__ = [
     "InfeasiblePlanError",

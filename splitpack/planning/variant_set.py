@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 
 from splitpack.errors import InvalidConfigError
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.latency import (
     ConditionArrays, PowerModel, ProfileArrays, energy_matrix, latency_matrix,
 )
-from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints, Selector
 
 __all__ = ["OperatingRange", "VariantSetResult", "choose_variant_set"]

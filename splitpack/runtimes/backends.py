@@ -30,11 +30,11 @@ import numpy as np
 
 from splitpack.errors import InternalError, InvalidBundleError, InvalidConfigError
 from splitpack.formats.bundle import Bundle
-from splitpack.formats.manifest import Manifest, Variant
-from splitpack.quiet import capture_native_stderr
 from splitpack.formats.entropy import EntropyTables, channel_axis, load_tables
+from splitpack.formats.manifest import Manifest, Variant
 from splitpack.formats.variants import WIRE_ID_PLACEHOLDER
 from splitpack.formats.wire import WIRE_BUNDLE_ID_LENGTH, encode_payload, message_bytes
+from splitpack.quiet import capture_native_stderr
 
 __all__ = [
     "RAW_SCALE", "RAW_OFFSET", "BACKEND_KINDS", "LOSSLESS_UPLOADS",

@@ -113,16 +113,16 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, InvalidInputError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
+from splitpack.formats.wire import decode_payload
 from splitpack.planning.latency import Conditions, plan_latency_ms
 from splitpack.planning.selector import Constraints, Selector
+from splitpack.planning.transfer import TransferEstimator
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )
-from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
 from splitpack.runtimes.load import EmulatedLoad, LoadEstimator, constant_load
 from splitpack.runtimes.netem import ShapedLink
-from splitpack.planning.transfer import TransferEstimator
-from splitpack.formats.wire import decode_payload
 
 __all__ = ["InferenceResult", "DeviceRuntime"]
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
-from splitpack.runtimes.backends import load_backend
 from splitpack.formats.variants import normalize_uint8
+from splitpack.runtimes.backends import load_backend
 
 __all__ = ["BUNDLE_PROFILE_FORMAT", "CPU_PROVIDER", "host_info", "check_timing_arguments",
            "timed_rounds", "summarize_ms", "time_interleaved", "profile_bundle"]

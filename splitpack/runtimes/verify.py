@@ -21,11 +21,11 @@ import numpy as np
 
 from splitpack.errors import InvalidBundleError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
+from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
+from splitpack.formats.wire import decode_payload, encode_payload, round_trip_codes
 from splitpack.runtimes.backends import (
     OnnxBackend, encode_request, load_backend, load_entropy_tables, upload_of,
 )
-from splitpack.formats.variants import WIRE_ID_PLACEHOLDER, normalize_uint8
-from splitpack.formats.wire import decode_payload, encode_payload, round_trip_codes
 
 __all__ = ["VerifyReport", "verify_bundle", "TFLITE_CODE_MISMATCH_LIMIT"]
 

@@ -63,18 +63,18 @@ from starlette.requests import ClientDisconnect
 
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle
+from splitpack.formats.entropy import EntropyTables
+from splitpack.formats.variants import normalize_uint8
+from splitpack.formats.wire import (
+    HEADER_MAX_BYTES, Payload, data_length_bound, decode_data, encode_payload, read_payload,
+)  # fmt: skip
 from splitpack.runtimes.backends import (
     WireInput, expected_wire_input, load_backend, load_entropy_tables, wire_bundle_id,
 )
-from splitpack.formats.variants import normalize_uint8
-from splitpack.formats.entropy import EntropyTables
 from splitpack.runtimes.load import (
     LOAD_CLOCKS, EmulatedLoad, follow_clock_lines, read_load_trace,
 )  # fmt: skip
 from splitpack.serve.metrics import EdgeMetrics
-from splitpack.formats.wire import (
-    HEADER_MAX_BYTES, Payload, data_length_bound, decode_data, encode_payload, read_payload,
-)  # fmt: skip
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "REMOTE_PROVIDER", "EdgeServer", "TailRunner", "handle_request",

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from splitpack.errors import InvalidConfigError
-from splitpack.formats import read_samples
 from splitpack.bench import concurrency as bench_concurrency, runtime as bench_runtime
-from splitpack.cli import build_parser
-from splitpack.runtimes.backends import load_backend
 from splitpack.bench.report import (
     ORACLE_RULE, RUNTIME_FORMAT, oracle_rounds, oracle_summary, switches_after_changes,
 )  # fmt: skip
+from splitpack.cli import build_parser
+from splitpack.errors import InvalidConfigError
+from splitpack.formats import read_samples
+from splitpack.formats.wire import decode_payload
+from splitpack.runtimes.backends import load_backend
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.serve.edge import create_app
 from splitpack.runtimes.load import LoadSchedule, read_load_trace
 from splitpack.runtimes.netem import from_mbps
-from splitpack.formats.wire import decode_payload
+from splitpack.serve.edge import create_app
 from tests.runtimes.test_load import FakeTime
 
 LOW_MBPS, HIGH_MBPS = 0.05, 50.0

@@ -15,6 +15,7 @@ from splitpack.compiler.selection import Selection
 from splitpack.errors import InvalidConfigError
 from splitpack.formats.entropy import load_tables
 from splitpack.formats.wire import header_bytes, message_bytes
+from splitpack.quiet import forward_messages
 
 # A head that quantizes its input straight to 8-bit codes: codes = clip(round(x * 255)).
 QUANTIZE = onnx.parser.parse_model("""
@@ -56,17 +57,14 @@ def _dataset(sparse: bool, seed: int = 0) -> Pixels:
 EIGHT_BITS = SimpleNamespace(bits=8)  # all emit reads of the codec here
 
 
-def _log(lines: list[str]):
-    return lines.append
-
-
 def test_entropy_coding_is_kept_where_it_sends_fewer_bytes() -> None:
     dataset, lines = _dataset(sparse=True), []
     codes = emit.entropy_calibration_codes(QUANTIZE, dataset)
     assert codes.dtype == np.uint8 and codes.shape == (200, 4, 8, 8)
     packed = message_bytes((1, 4, 8, 8), 8, bundle_id="0" * 16, variant_id="v")
-    fields, coding_ms, tables_file = emit._entropy_fields(
-        "v", EIGHT_BITS, QUANTIZE, codes, dataset, packed, _log(lines))
+    with forward_messages(lines.append):  # what it logs, through the splitpack loggers
+        fields, coding_ms, tables_file = emit._entropy_fields(
+            "v", EIGHT_BITS, QUANTIZE, codes, dataset, packed)
     assert fields["payload_bytes"] < 0.6 * packed and fields["payload_bytes_p95"] < packed
     assert coding_ms["encode_ms"] > 0 and coding_ms["decode_ms"] > 0
     tables = load_tables(tables_file, expect_bits=8, expect_channels=4)
@@ -78,8 +76,9 @@ def test_bit_packing_is_kept_where_entropy_coding_would_not_pay() -> None:
     dataset, lines = _dataset(sparse=False), []
     packed = message_bytes((1, 4, 8, 8), 8, bundle_id="0" * 16, variant_id="v")
     codes = emit.entropy_calibration_codes(QUANTIZE, dataset)
-    fields, coding_ms, tables_file = emit._entropy_fields(
-        "v", EIGHT_BITS, QUANTIZE, codes, dataset, packed, _log(lines))
+    with forward_messages(lines.append):  # what it logs, through the splitpack loggers
+        fields, coding_ms, tables_file = emit._entropy_fields(
+            "v", EIGHT_BITS, QUANTIZE, codes, dataset, packed)
     assert (fields, coding_ms, tables_file) == (
         {"payload_bytes": packed, "payload_bytes_p95": packed}, {}, None)
     assert "keeping bit-packing" in lines[-1]
@@ -108,4 +107,4 @@ def test_entropy_for_a_variant_that_was_not_chosen_is_refused() -> None:
     with pytest.raises(InvalidConfigError, match=r"entropy: \['nope'\] are not chosen split variants"):
         emit.emit_bundle(settings=None, out=None, work=None, model=None, cuts={}, dataset=None,
                          baseline=0.0, profile={}, selection=Selection(("a",), {}, {}, ("a",), 0.0, 0.0), predictor_json="",
-                         log=print, entropy={"nope": np.zeros((1, 2), np.uint8)})
+                         entropy={"nope": np.zeros((1, 2), np.uint8)})

@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 
 from splitpack.compiler.selection import MAX_REPLACEMENT_ROUNDS, Selection, select_variants
-from splitpack.predictors.accuracy import CellFeatures, Prediction
 from splitpack.formats.variants import VariantProfile
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange
+from splitpack.predictors.accuracy import CellFeatures, Prediction
+from splitpack.quiet import forward_messages
 
 BASELINE = 90.0
 # Five cuts, one codec each: deeper cuts run more on the (slow) device and send fewer bytes,
@@ -56,11 +57,12 @@ def run(predicted: dict[str, float], measured: dict[str, float], k: int = 3):
         return {"cut": cut, "codec": codec, "accuracy": measured[cut]}
 
     lines: list[str] = []
-    selection = select_variants(
-        candidates=CELLS, predictor=FakePredictor(predicted), profiles_for=profiles_for,
-        constraints=Constraints(baseline_accuracy=BASELINE, max_accuracy_drop=1.0),
-        operating_range=OperatingRange(bandwidths_mbps=(0.1, 1.0, 10.0, 100.0), device_slowdown=1.0),
-        k=k, train_final=train_final, log=lines.append)
+    with forward_messages(lines.append):  # its progress lines, through the splitpack loggers
+        selection = select_variants(
+            candidates=CELLS, predictor=FakePredictor(predicted), profiles_for=profiles_for,
+            constraints=Constraints(baseline_accuracy=BASELINE, max_accuracy_drop=1.0),
+            operating_range=OperatingRange(bandwidths_mbps=(0.1, 1.0, 10.0, 100.0), device_slowdown=1.0),
+            k=k, train_final=train_final)
     return selection, trained, lines
 
 

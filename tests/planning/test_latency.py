@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from splitpack.errors import InvalidConfigError
+from splitpack.formats.variants import VariantProfile
 from splitpack.planning.latency import (
     ConditionArrays, Conditions, PowerModel, ProfileArrays, energy_matrix, energy_weights, latency_matrix, latency_weights, plan_energy_mj, plan_latency_ms,
 )
-from splitpack.formats.variants import VariantProfile
 
 
 def make_profile(id: str = "s", kind: str = "split", *, head_ms: float = 0.0,

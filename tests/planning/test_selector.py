@@ -7,8 +7,8 @@ import re
 import pytest
 
 from splitpack.errors import InvalidConfigError
-from splitpack.planning.latency import Conditions, PowerModel, plan_energy_mj, plan_latency_ms
 from splitpack.formats.variants import VariantProfile
+from splitpack.planning.latency import Conditions, PowerModel, plan_energy_mj, plan_latency_ms
 from splitpack.planning.selector import Constraints, InfeasiblePlanError, Selector, select
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from splitpack.errors import InvalidConfigError
-from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink, from_mbps
 from splitpack.planning.transfer import TransferEstimator, TransferFit
+from splitpack.runtimes.netem import BandwidthEstimator, ShapedLink, from_mbps
 
 BYTES_PER_MBIT = 1e6 / 8
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from splitpack.errors import InvalidConfigError
-from splitpack.planning.latency import PowerModel, ProfileArrays, latency_matrix
 from splitpack.formats.variants import VariantProfile
+from splitpack.planning.latency import PowerModel, ProfileArrays, latency_matrix
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange, choose_variant_set
 

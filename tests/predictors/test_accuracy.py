@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from splitpack.bench.replay import replay_grid, validate_grid
 from splitpack.errors import InvalidConfigError
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor, knee_ratio
-from splitpack.bench.replay import replay_grid, validate_grid
 from splitpack.predictors.sampling import sample_and_fit
 
 BASELINE = 98.0

@@ -10,10 +10,10 @@ import pytest
 from splitpack.errors import InvalidBundleError, InvalidConfigError
 from splitpack.formats import read_bundle, read_samples, write_bundle
 from splitpack.formats.manifest import Preprocessing
+from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
 from splitpack.runtimes.backends import (
     RAW_OFFSET, RAW_SCALE, LiteRtBackend, OnnxBackend, expected_wire_input, layout_permutation, load_backend, wire_bundle_id,
 )
-from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
 from tests.bundles import INPUT_SHAPE, MEAN, STD, tiny_cnn
 
 FIXED_BATCH_RELU = """
@@ -200,11 +200,11 @@ def test_litert_backend_matches_onnx_runtime(bundle, samples, tflite_model, tmp_
 
 # -- entropy tables and uploads, as a bundle carries them ------------------------------------------
 
+from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
 from splitpack.runtimes.backends import load_entropy_tables, upload_of  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
-from splitpack.serve.edge import create_app  # noqa: E402
-from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
 from splitpack.runtimes.verify import verify_bundle  # noqa: E402
+from splitpack.serve.edge import create_app  # noqa: E402
 from tests.bundles import ENTROPY_UPLOAD, rewrite_bundle  # noqa: E402
 
 

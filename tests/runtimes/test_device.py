@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from splitpack.cli import runtime as commands
 from splitpack.errors import InvalidConfigError, InvalidInputError
 from splitpack.formats import read_samples
-from splitpack.cli import runtime as commands
 from splitpack.formats.variants import normalize_uint8
-from splitpack.serve.loopback import free_port
+from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.serve.edge import create_app
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
-from splitpack.formats.wire import decode_payload
+from splitpack.serve.edge import create_app
+from splitpack.serve.loopback import free_port
 from tests.bundles import follow_uplink
 from tests.runtimes.test_load import FakeTime
 
@@ -511,9 +511,9 @@ def test_bad_settings_are_refused(bundle, options, match) -> None:
 # -- entropy-coded codes and lossy uploads ---------------------------------------------------------
 
 from splitpack.formats import read_bundle  # noqa: E402
-from splitpack.runtimes.backends import load_backend  # noqa: E402
 from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa: E402
 from splitpack.formats.wire import message_bytes, read_payload  # noqa: E402
+from splitpack.runtimes.backends import load_backend  # noqa: E402
 from tests.bundles import rewrite_bundle  # noqa: E402
 
 

@@ -16,15 +16,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from splitpack.cli import runtime as commands
 from splitpack.errors import InvalidConfigError
 from splitpack.formats import read_samples
-from splitpack.cli import runtime as commands
-from splitpack.runtimes.backends import load_backend
 from splitpack.formats.variants import normalize_uint8
-from splitpack.serve.loopback import edge_server
-from splitpack.serve.edge import EdgeServer, create_app, serve
-from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.formats.wire import decode_payload, encode_payload
+from splitpack.runtimes.backends import load_backend
+from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
+from splitpack.serve.edge import EdgeServer, create_app, serve
+from splitpack.serve.loopback import edge_server
 from tests.runtimes.test_load import FakeTime
 
 TOKEN = "s3cret"
@@ -347,8 +347,8 @@ def test_an_edge_process_follows_the_load_clock_it_is_given(bundle_path, tmp_pat
 
 # -- entropy-coded codes and image uploads ------------------------------------------------------
 
-from splitpack.runtimes.backends import load_entropy_tables  # noqa: E402
 from splitpack.formats.wire import read_payload  # noqa: E402
+from splitpack.runtimes.backends import load_entropy_tables  # noqa: E402
 from tests.formats.test_wire import craft  # noqa: E402
 
 

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from splitpack.bench.serve import run_serve_benchmark
+from splitpack.cli import runtime as commands
 from splitpack.errors import InvalidConfigError
 from splitpack.formats import read_samples
-from splitpack.cli import runtime as commands
-from splitpack.runtimes.backends import load_backend
 from splitpack.formats.variants import normalize_uint8
-from splitpack.serve.loopback import free_port
-from splitpack.bench.serve import run_serve_benchmark
-from splitpack.runtimes.device import DeviceRuntime
-from splitpack.serve.edge import create_app
-from splitpack.runtimes.netem import ShapedLink, constant_trace
 from splitpack.formats.wire import encode_payload
+from splitpack.runtimes.backends import load_backend
+from splitpack.runtimes.device import DeviceRuntime
+from splitpack.runtimes.netem import ShapedLink, constant_trace
+from splitpack.serve.edge import create_app
+from splitpack.serve.loopback import free_port
 from tests.bundles import follow_uplink
 
 NO_RAY = "Ray Serve is not installed: pip install 'splitpack[ray]'"
