@@ -264,7 +264,10 @@ def _profiled(spec: str, shape, weights, repeats: int, warmup: int):
 
 
 def _digits_splits(grid: dict, cuts, profile: dict, classes: int) -> list[VariantProfile]:
-    """One candidate per measured grid cell, with its measured accuracy and payload."""
+    """One candidate per measured (cut, codec) of the grid, with its measured accuracy and its
+    bit-packed payload: a grid measures each unit once per wire coding (``coding``, lossless:
+    the same accuracy), and the bit-packed cell is the one whose payload this benchmark plans
+    with."""
     by_name = {cut.name: cut for cut in cuts}
     unknown = sorted({c["cut_name"] for c in grid["cells"]} - set(by_name))
     if unknown:
@@ -272,7 +275,7 @@ def _digits_splits(grid: dict, cuts, profile: dict, classes: int) -> list[Varian
                                  "1x1x16x16; was the grid measured on another model or shape?")
     return [_split(by_name[cell["cut_name"]], parse_codec(cell["codec"]),
                    profile["cuts"][by_name[cell["cut_name"]].label], cell["accuracy"], classes)
-            for cell in grid["cells"]]
+            for cell in grid["cells"] if cell.get("coding", "bitpack") == "bitpack"]
 
 
 def _model_report(name: str, spec: str, shape, weights, grid: dict | None, repeats: int,

@@ -552,7 +552,9 @@ class DeviceRuntime:
         local_in = local_s - lead_s - measured_s  # when the device has the answer, from now
         out_in = self.link.backlog_s()  # when the upload goes (or went) out, from now
         if out_in <= 0.0 and out_in < local_in:  # it went out first, while the head ran here
-            return measured_s + out_in, None, 0.0
+            # not before the head started here: the link's and the timer's clocks may differ
+            # by the few microseconds between the two readings (a wait is never negative)
+            return max(0.0, measured_s + out_in), None, 0.0
         waited = measured_s
         if local_in > 0.0:  # its device time is not over: the upload may still win
             more, delivered = self.link.wait_sent(local_in)

@@ -636,3 +636,22 @@ def test_measured_heads_replace_their_profiles_and_unmeasured_ones_stay_optimist
         scale = float(np.median([4.0, 0.01]))
         assert runtime.profiles["local"].head_ms == pytest.approx(0.01 * profiled["local"])
         assert runtime.profiles[high].head_ms == pytest.approx(min(1.0, scale) * profiled[high])
+
+
+class _SentLongAgo:
+    """A link whose upload went out 10 ms ago by its own clock: longer ago than the local
+    head's 1 ms run (two clocks read a few microseconds apart can say so)."""
+
+    def backlog_s(self) -> float:
+        return -0.010
+
+
+def test_an_upload_that_went_out_before_the_local_head_ran_waited_nothing_more(
+        bundle, app, samples) -> None:
+    inputs, _ = samples
+    clock = LinkClock()
+    with _runtime(bundle, FlakyEdge(app), clock, emulated_load=_slow_device(clock)) as runtime:
+        runtime.link = _SentLongAgo()
+        waited, output, _ = runtime._local_beside(inputs[:1].astype(np.float32), ("local", 1),
+                                                  100.0, 0.0)
+        assert output is None and waited == 0.0  # was -0.009: a negative transfer sample
