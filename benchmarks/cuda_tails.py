@@ -43,7 +43,7 @@ from splitpack.formats.variants import normalize_uint8  # noqa: E402
 from splitpack.formats.wire import round_trip_codes  # noqa: E402
 from splitpack.runtimes.backends import OnnxBackend  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
-from splitpack.serve.loopback import free_port  # noqa: E402
+from splitpack.serving.loopback import free_port  # noqa: E402
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 CUDA_OPTIONS: dict = {}  # --no-tf32 sets use_tf32=0

@@ -28,7 +28,7 @@ from splitpack.formats.bundle import read_bundle, read_samples  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.load import EmulatedLoad, constant_load  # noqa: E402
 from splitpack.runtimes.netem import ShapedLink, constant_trace  # noqa: E402
-from splitpack.serve.loopback import edge_server  # noqa: E402
+from splitpack.serving.loopback import edge_server  # noqa: E402
 
 PARTS = ("_choose", "_payload", "_send", "post")
 

@@ -20,7 +20,8 @@ import numpy as np
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
 from splitpack.formats.variants import denormalize_pixels, normalize_pixels
 
-__all__ = ["Dataset", "load_dataset", "check_fits_model", "scene_patches", "SCENES_SIZES"]
+__all__ = ["Dataset", "NPZ_KEYS", "load_dataset", "check_arrays", "check_fits_model", "scene_patches",
+           "SCENES_SIZES"]
 
 SPEC_FORMS = "'digits', 'scenes', 'npz:PATH', 'imagefolder:PATH'"
 SCENES_GRID = 4  # regions per side of each photograph: 2 x 4 x 4 = 32 classes
@@ -338,17 +339,39 @@ def _checked_nchw(spec: str, split: str, x: np.ndarray, y: np.ndarray) -> np.nda
     return np.transpose(x, (0, 3, 1, 2)) if is_nhwc else x
 
 
+def check_arrays(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Check the arrays of an npz data set (layout rules in :func:`load_dataset`).
+
+    Args:
+        name: What the arrays are, for messages (the spec, or ``arrays``).
+        arrays: ``x_train, y_train, x_test, y_test``.
+
+    Returns:
+        ``(x_train, x_test)`` as NCHW.
+
+    Raises:
+        InvalidDatasetError: an array is missing, of the wrong dtype or shape, labels are
+            negative, or the splits differ, naming the array.
+    """
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise InvalidDatasetError(f"{name}: missing array(s) {missing}; give "
+                                  f"{', '.join(NPZ_KEYS)}")
+    x_train = _checked_nchw(name, "train", np.asarray(arrays["x_train"]), np.asarray(arrays["y_train"]))
+    x_test = _checked_nchw(name, "test", np.asarray(arrays["x_test"]), np.asarray(arrays["y_test"]))
+    if x_train.shape[1:] != x_test.shape[1:] or (x_train.dtype == np.uint8) != (x_test.dtype == np.uint8):
+        raise InvalidDatasetError(
+            f"{name}: splits differ: x_train {x_train.dtype} {x_train.shape[1:]}, x_test "
+            f"{x_test.dtype} {x_test.shape[1:]}; both need one per-sample shape and pixel type"
+        )
+    return x_train, x_test
+
+
 def _load_npz(spec: str, path: Path, size: int | None, mean, std, limits) -> Dataset:
     train_limit, test_limit, seed = limits
     arrays = _read_npz(spec, path)
-    x_train = _checked_nchw(spec, "train", arrays["x_train"], arrays["y_train"])
-    x_test = _checked_nchw(spec, "test", arrays["x_test"], arrays["y_test"])
+    x_train, x_test = check_arrays(spec, arrays)
     is_uint8 = arrays["x_train"].dtype == np.uint8
-    if x_train.shape[1:] != x_test.shape[1:] or is_uint8 != (x_test.dtype == np.uint8):
-        raise InvalidDatasetError(
-            f"{spec}: splits differ: x_train {x_train.dtype} {x_train.shape[1:]}, x_test "
-            f"{x_test.dtype} {x_test.shape[1:]}; both need one per-sample shape and pixel type"
-        )
     channels = x_train.shape[1]
     already_normalized = not is_uint8 and (
         min(x_train.min(), x_test.min()) < 0 or max(x_train.max(), x_test.max()) > 1

@@ -2,7 +2,7 @@
 functions included; for the layering and isolation tests.
 
 An import under ``if __name__ == "__main__":`` is left out: it runs only when the module is
-executed as a script (``python -m splitpack.serve.edge``), never when it is imported, so it can
+executed as a script (``python -m splitpack.serving.edge``), never when it is imported, so it can
 neither form an import cycle nor pull a module into another's import.
 """
 

@@ -16,10 +16,11 @@ LAYERS = (
     ("splitpack.formats",),
     ("splitpack.planning",),
     ("splitpack.runtimes",),
-    ("splitpack.serve",),
+    ("splitpack.serving",),
     ("splitpack.datasets", "splitpack.models"),
     ("splitpack.predictors",),
     ("splitpack.compiler",),
+    ("splitpack.api",),
     ("splitpack.bench",),
     ("splitpack.cli",),
     ("splitpack", "splitpack.__main__"),
@@ -83,14 +84,14 @@ def test_the_checks_find_an_upward_import_inside_a_function_and_a_cycle(tmp_path
         "formats/wire.py": "def f():\n    from splitpack.runtimes import device\n",
         "runtimes/__init__.py": "",
         "runtimes/device.py": "import splitpack.formats.wire\n",
-        "serve/__init__.py": "",
-        "serve/edge.py": ("import splitpack.formats.wire\n"
+        "serving/__init__.py": "",
+        "serving/edge.py": ("import splitpack.formats.wire\n"
                           "if __name__ == '__main__':\n    from splitpack.cli import run_as\n"),
         "cli/__init__.py": "",
     })
     graph = import_graph(root)
     assert graph["splitpack.formats.wire"] == {"splitpack.runtimes", "splitpack.runtimes.device"}
-    assert graph["splitpack.serve.edge"] == {"splitpack.formats.wire"}  # the script-only import
+    assert graph["splitpack.serving.edge"] == {"splitpack.formats.wire"}  # the script-only import
     assert violations(graph) == [
         "splitpack.formats.wire (layer 1) -> splitpack.runtimes (layer 3)",
         "splitpack.formats.wire (layer 1) -> splitpack.runtimes.device (layer 3)",

@@ -73,3 +73,20 @@ def test_quick_demo_then_inspect_and_verify(tmp_path):
     assert "verified" in verify.stdout
     cuts = _splitpack("cuts", "splitpack.models:digits_cnn", "--input-shape", "1x1x16x16", "--json", cwd=tmp_path)
     assert cuts.returncode == 0 and len(json.loads(cuts.stdout)) >= 8
+
+
+def test_the_python_examples_run_as_written(tmp_path):
+    """The README's Python section, every ``python`` block in order, as one script run in an
+    empty folder with the project's interpreter."""
+    section = README.split("## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 2
+    script = tmp_path / "readme_python.py"
+    script.write_text("\n".join(blocks))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("[('local', ") and "('edge', " in lines[0]
+    assert (tmp_path / "bars-bundle" / "manifest.json").is_file()
+    assert lines[-1].split()[-1] == "2"  # two requests, the pinned one included

@@ -22,7 +22,7 @@ from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )  # fmt: skip
-from splitpack.serve.loopback import edge_process
+from splitpack.serving.loopback import edge_process
 
 __all__ = ["CONCURRENCY_FORMAT", "run_concurrency_benchmark"]
 

@@ -77,7 +77,7 @@ from splitpack.runtimes.device import DeviceRuntime, InferenceResult
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load, read_load_trace
 from splitpack.runtimes.netem import BandwidthTrace, ShapedLink
 from splitpack.runtimes.netem import load_trace as load_bandwidth_trace
-from splitpack.serve.loopback import edge_server
+from splitpack.serving.loopback import edge_server
 
 __all__ = ["RUNTIME_FORMAT", "run_runtime_benchmark"]
 

@@ -1,8 +1,8 @@
 """``splitpack bench serve``: throughput and latency of the edge engines under concurrent clients.
 
 For each engine, :func:`run_serve_benchmark` starts the server in its own process on a free
-loopback port (``local``: ``python -m splitpack.serve.edge``, one uvicorn process; ``ray``:
-``python -m splitpack.serve.ray_serve``, a local Ray cluster with ``replicas`` tail
+loopback port (``local``: ``python -m splitpack.serving.edge``, one uvicorn process; ``ray``:
+``python -m splitpack.serving.ray_serve``, a local Ray cluster with ``replicas`` tail
 replicas), waits for ``GET /health``, and has ``clients`` threads, each with its own keep-alive
 httpx client, send ``requests`` real wire payloads each: one split variant's codes, made by
 running that variant's head on the bundle's sample inputs. Every answer is decoded and compared
@@ -45,7 +45,7 @@ from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )
-from splitpack.serve.loopback import free_port
+from splitpack.serving.loopback import free_port
 
 __all__ = ["SERVE_FORMAT", "ENGINES", "run_serve_benchmark"]
 
@@ -61,7 +61,7 @@ ATOL = 1e-4
 def _server(engine: str, bundle_root: Path, replicas: int, max_inflight: int) -> Iterator[str]:
     """One engine's server process on a free loopback port; stopped with SIGTERM (graceful)."""
     port = free_port()
-    module = {"local": "splitpack.serve.edge", "ray": "splitpack.serve.ray_serve"}[engine]
+    module = {"local": "splitpack.serving.edge", "ray": "splitpack.serving.ray_serve"}[engine]
     command = [sys.executable, "-m", module, str(bundle_root), "--host", "127.0.0.1",
                "--port", str(port), "--max-inflight", str(max_inflight)]
     if engine == "ray":

@@ -1,5 +1,5 @@
 """What the runtime benchmarks share: the host's description, the model's input from uint8
-pixels, percentiles. (The edge server process on loopback is :mod:`splitpack.serve.loopback`.)"""
+pixels, percentiles. (The edge server process on loopback is :mod:`splitpack.serving.loopback`.)"""
 
 from __future__ import annotations
 

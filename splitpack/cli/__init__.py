@@ -6,7 +6,7 @@ Each group of verbs has its module — :mod:`~splitpack.cli.model` (``cuts``, ``
 :mod:`~splitpack.cli.bench` (``bench ...``) and :mod:`~splitpack.cli.demo` (``demo``) — and
 adds its sub-parsers here. Only :func:`main` catches errors broadly: it prints a
 ``SplitpackError``'s message and returns :func:`exit_status` of it (2, or 1 for a bug). The
-module entry points (``python -m splitpack.serve.edge``, ``python -m splitpack.serve.ray_serve``)
+module entry points (``python -m splitpack.serving.edge``, ``python -m splitpack.serving.ray_serve``)
 are this CLI's ``serve`` with its engine chosen (:func:`run_as`).
 """
 
@@ -73,5 +73,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_as(prefix: list[str]) -> None:
     """Run the CLI with ``prefix`` before this process's arguments and exit with its status:
-    what a module entry point such as ``python -m splitpack.serve.edge`` does."""
+    what a module entry point such as ``python -m splitpack.serving.edge`` does."""
     sys.exit(main([*prefix, *sys.argv[1:]]))

@@ -13,19 +13,18 @@ __all__ = ["add_bundle_commands"]
 
 
 def _cmd_compile(args) -> int:
-    from splitpack.compiler.pipeline import compile_bundle
-    from splitpack.compiler.settings import load_settings
+    from splitpack.api import run_compile  # splitpack.compile's own path
 
-    overrides = {
-        "model": args.model, "weights": args.weights, "input_shape": args.input_shape, "data": args.data,
+    options = {
+        "weights": args.weights, "input_shape": args.input_shape,
         "image_size": args.image_size, "mean": _floats(args.mean), "std": _floats(args.std),
         "train_limit": args.train_limit, "test_limit": args.test_limit, "variants": args.variants,
         "max_accuracy_drop": args.max_accuracy_drop, "bandwidth": args.bandwidth,
         "device_slowdown": args.device_slowdown, "tflite": args.tflite, "budget": args.budget,
         "epochs": args.epochs, "final_epochs": args.final_epochs, "samples": args.samples, "seed": args.seed,
     }
-    settings = load_settings(args.config, overrides)
-    result = compile_bundle(settings, Path(args.out))
+    result = run_compile(args.model, args.data, Path(args.out), config=args.config,
+                         **{key: value for key, value in options.items() if value is not None})
     print_inspect(Path(args.out))
     print(f"bundle {result['bundle']} (archive {result['archive']}); step seconds: {result['step_seconds']}")
     return 0
@@ -58,9 +57,9 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from splitpack.runtimes.verify import verify_bundle
+    from splitpack.api import verify
 
-    report = verify_bundle(args.bundle, tflite=not args.no_tflite)
+    report = verify(args.bundle, tflite=not args.no_tflite)
     for variant_id, difference in report.variants.items():
         extra, wire = report.tflite.get(variant_id), report.wire.get(variant_id)
         print(f"  {variant_id}: outputs match (max abs diff {difference:.2e})" + (f"; TFLite {extra}" if extra else "")

@@ -161,7 +161,7 @@ def run_demo(out: Path, *, data: str = "scenes", quick: bool = False, port: int 
                                   f"{', '.join(CASES)}; compile other data with splitpack compile")
     if not (isinstance(device_slowdown, (int, float)) and device_slowdown > 0):
         raise InvalidConfigError(f"--device-slowdown: found {device_slowdown!r}; expected > 0")
-    from splitpack.serve.loopback import free_port
+    from splitpack.serving.loopback import free_port
 
     free_port(port)  # a port in use fails here, not after the compile (0 always passes)
     out = Path(out)

@@ -30,7 +30,7 @@ SERVE_ENGINES = ("local", "ray")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``serve`` (shared with ``python -m splitpack.serve.edge``)."""
+    """The options of ``serve`` (shared with ``python -m splitpack.serving.edge``)."""
     parser.add_argument("bundle", help="bundle folder or archive")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidConfigError(f"--load-trace {args.load_trace}: the ray engine runs tails "
                                      "on its replicas, which cannot stretch them; use --engine "
                                      "local to emulate edge load, or drop --load-trace")
-        from splitpack.serve.ray_serve import DEFAULT_REPLICAS, serve_ray
+        from splitpack.serving.ray_serve import DEFAULT_REPLICAS, serve_ray
 
         replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
         serve_ray(args.bundle, host=args.host, port=args.port, replicas=replicas,
@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.replicas is not None:
         raise InvalidConfigError(f"--replicas {args.replicas}: only the ray engine has replicas; "
                                  "add --engine ray, or drop --replicas")
-    from splitpack.serve.edge import serve
+    from splitpack.serving.edge import serve
 
     serve(args.bundle, host=args.host, port=args.port, token=args.token,
           max_inflight=args.max_inflight, threads=args.threads, load_trace=args.load_trace,
@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export_triton(args: argparse.Namespace) -> int:
     """``splitpack export-triton``: write the repository and say what is in it."""
-    from splitpack.serve.triton import export_triton
+    from splitpack.serving.triton import export_triton
 
     repo = export_triton(args.bundle, args.out, max_batch_size=args.max_batch_size,
                          instance_kind=f"KIND_{args.instance_kind.upper()}")

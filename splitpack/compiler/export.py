@@ -32,6 +32,7 @@ from splitpack.errors import InvalidConfigError, InvalidModelError
 __all__ = [
     "LoadedModel",
     "parse_input_shape",
+    "check_forward",
     "load_model",
     "load_torch_module",
     "export_onnx",
@@ -285,11 +286,11 @@ def load_model(
     if input_shape is None:
         raise InvalidConfigError(f"torch model {spec!r} needs an input shape; pass --input-shape, e.g. 1x3x224x224")
     module = load_torch_module(spec, weights)
-    _check_forward(module, input_shape, spec)
+    check_forward(module, input_shape, spec)
     return LoadedModel(export_onnx(module, input_shape), tuple(input_shape), module, spec)
 
 
-def _check_forward(module, input_shape: tuple[int, ...], spec: str) -> None:
+def check_forward(module, input_shape: tuple[int, ...], spec: str) -> None:
     """Run the module once so that a shape mismatch is reported as such, not as an export error."""
     import torch
 

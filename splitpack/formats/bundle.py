@@ -94,6 +94,11 @@ class Bundle:
                 f"manifest.json are loaded); listed files: {shown or 'none'}")
         return self.root / relpath
 
+    @property
+    def variants(self) -> list[Variant]:
+        """The manifest's variants: ``local``, ``edge`` and the split variants."""
+        return list(self.manifest.variants)
+
     def variant(self, variant_id: str) -> Variant:
         """The variant with id ``variant_id``.
 

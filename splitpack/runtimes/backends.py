@@ -4,7 +4,7 @@ that the device and the edge must agree on.
 Runs on devices and on the edge: numpy, onnxruntime (or ai-edge-litert) and the standard
 library only. Never torch, onnx or the compiler.
 
-Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.serve.edge`
+Conventions shared by :mod:`splitpack.runtimes.device` and :mod:`splitpack.serving.edge`
 (kept here so that neither side imports the other):
 
 * the wire carries a short bundle id, the first ``WIRE_BUNDLE_ID_LENGTH`` hex digits of

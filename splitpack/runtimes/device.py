@@ -21,7 +21,7 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
    names, JPEG or WebP at the compiled quality, else zlib: device compute too, stretched and
    observed like a head, so that a runtime on ``edge`` still sees its load change), pushes it
    through the emulated ``link`` if one is given, and POSTs it to the edge (see
-   :mod:`splitpack.serve.edge` for the protocol);
+   :mod:`splitpack.serving.edge` for the protocol);
 3. on a timeout, connection error, non-200 answer or malformed response, answers the same
    request with the ``local`` variant (no request is lost) and marks the edge down. While down
    every request runs locally, and at most every ``probe_interval_s`` one request first probes
@@ -227,6 +227,19 @@ class DeviceRuntime:
         clock: Monotonic seconds, for probe scheduling and the age of load and transfer
             observations; injectable for tests.
         transport: An httpx transport to use instead of the network (tests, custom TLS).
+
+    Attributes:
+        variants: Variant id -> the manifest's :class:`Variant`.
+        current_variant: The selector's choice for the last request (the one a request
+            answered with can differ: explorations, hedges and fallbacks; see
+            :class:`InferenceResult`).
+        pinned: The variant :meth:`pin` fixed, or None.
+        stats: Counters (requests, switches, fallbacks, hedges, explorations, per variant and
+            per mode) and the last errors.
+
+    Raises:
+        InvalidConfigError: An option is out of range.
+        InvalidBundleError: The bundle cannot be loaded or verified.
     """
 
     def __init__(self, bundle: str | os.PathLike[str] | Bundle, edge_url: str, *,
@@ -288,6 +301,7 @@ class DeviceRuntime:
         self._stalled = False  # after a given-up upload: local while the link holds its bytes
         self.explore_interval_s, self._just_explored = self.probe_interval_s, False
         self.current_variant = self.selector.select(self.conditions()).id
+        self.pinned: str | None = None  # see pin()
         self._in_use: str | None = None
         self._cold: str | None = None
         self.active_head = None
@@ -332,9 +346,33 @@ class DeviceRuntime:
         self.stats["probe_failures"] += 1
         return False
 
+    def pin(self, variant_id: str) -> None:
+        """Answer every request with ``variant_id`` until :meth:`unpin`: no selection, no
+        exploration and no hedge (a pinned remote variant waits for its upload). While the edge
+        is down a pinned remote variant still falls back to ``local``, as any request does.
+
+        Args:
+            variant_id: One of the bundle's variant ids (``runtime.variants``).
+
+        Raises:
+            InvalidConfigError: The bundle has no such variant.
+        """
+        if variant_id not in self.variants:
+            raise InvalidConfigError(f"pin: variant {variant_id!r} is not in this bundle; its "
+                                     f"variants: {', '.join(self.variants)}")
+        with self._lock:
+            self.pinned = variant_id
+
+    def unpin(self) -> None:
+        """Let the selector choose again, from the next request."""
+        with self._lock:
+            self.pinned = None
+
     def _choose(self) -> tuple[str, bool]:
         """(variant id, whether it is a fallback to local)."""
         now = self._clock()
+        if self.pinned == self.local_id:
+            return self.local_id, False
         if not self.edge_up:
             if now - self._last_probe < self.probe_interval_s:
                 return self.local_id, True
@@ -348,6 +386,8 @@ class DeviceRuntime:
             # The given-up bytes are out: what the runtime knew of the link predates that, so
             # a runtime that now prefers local explores at once.
             self._stalled, self._last_sample = False, -math.inf
+        if self.pinned is not None:
+            return self.pinned, False
         conditions = self.conditions()
         plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
                                                     self.hysteresis)
@@ -492,7 +532,7 @@ class DeviceRuntime:
         """How long an upload waits before the local answer is started beside it:
         ``hedge_factor`` x its planned transfer time; 0 for an exploration (the runtime
         expects local to win); None without an emulated link or with ``hedge_factor`` None."""
-        if self.link is None or self.hedge_factor is None:
+        if self.link is None or self.hedge_factor is None or self.pinned is not None:
             return None
         if self._just_explored:
             return 0.0
@@ -657,6 +697,9 @@ class DeviceRuntime:
 
         Returns:
             The output and how it was obtained.
+
+        Raises:
+            InvalidInputError: ``x`` has another dtype or shape.
         """
         with self._lock:
             started = time.perf_counter()

@@ -69,7 +69,7 @@ LOAD_WINDOW = 5
 # ends, and while the load lasts one request in every this-long meets it again (one in 6 at
 # one request every 100 ms: the price, as for the uplink's explorations).
 LOAD_MAX_AGE_S = 0.5
-LOAD_CLOCKS = ("start", "stdin")  # when an edge's load clock starts: see splitpack.serve.edge
+LOAD_CLOCKS = ("start", "stdin")  # when an edge's load clock starts: see splitpack.serving.edge
 _ROW_EXAMPLE = "'20,3' (the slowdown is 3 from 20 s on)"
 T = TypeVar("T")
 

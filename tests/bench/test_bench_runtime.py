@@ -26,7 +26,7 @@ from splitpack.runtimes.backends import load_backend
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.load import LoadSchedule, read_load_trace
 from splitpack.runtimes.netem import from_mbps
-from splitpack.serve.edge import create_app
+from splitpack.serving.edge import create_app
 from tests.runtimes.test_load import FakeTime
 
 LOW_MBPS, HIGH_MBPS = 0.05, 50.0

@@ -204,7 +204,7 @@ from splitpack.formats.entropy import calibrate_tables, tables_to_bytes  # noqa:
 from splitpack.runtimes.backends import load_entropy_tables, upload_of  # noqa: E402
 from splitpack.runtimes.device import DeviceRuntime  # noqa: E402
 from splitpack.runtimes.verify import verify_bundle  # noqa: E402
-from splitpack.serve.edge import create_app  # noqa: E402
+from splitpack.serving.edge import create_app  # noqa: E402
 from tests.bundles import ENTROPY_UPLOAD, rewrite_bundle  # noqa: E402
 
 

@@ -24,8 +24,8 @@ from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
-from splitpack.serve.edge import create_app
-from splitpack.serve.loopback import free_port
+from splitpack.serving.edge import create_app
+from splitpack.serving.loopback import free_port
 from tests.bundles import follow_uplink
 from tests.runtimes.test_load import FakeTime
 
@@ -42,7 +42,7 @@ def samples(bundle):
 # -- a real edge process -----------------------------------------------------------------------
 
 class EdgeProcess:
-    """``python -m splitpack.serve.edge`` on a loopback port; start, kill, start again."""
+    """``python -m splitpack.serving.edge`` on a loopback port; start, kill, start again."""
 
     def __init__(self, bundle_path: Path, port: int) -> None:
         self.bundle_path, self.port, self.process = bundle_path, port, None
@@ -50,7 +50,7 @@ class EdgeProcess:
 
     def start(self, deadline_s: float = 20.0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "splitpack.serve.edge", str(self.bundle_path),
+            [sys.executable, "-m", "splitpack.serving.edge", str(self.bundle_path),
              "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + deadline_s

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from splitpack.serve.loopback import free_port
+from splitpack.serving.loopback import free_port
 from tests.import_graph import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
-DEVICE_PACKAGES = ("formats", "planning", "runtimes", "serve")
+DEVICE_PACKAGES = ("formats", "planning", "runtimes", "serving")
 DEVICE_MODULES = ("errors.py", "quiet.py", "_version.py")
 HARNESSES = ("splitpack.bench", "splitpack.cli")
 FORBIDDEN = ("torch", "onnx", "onnx_graphsurgeon", "sklearn", "splitpack.compiler",
@@ -57,7 +57,7 @@ import splitpack.cli.runtime  # the device's `splitpack run`
 import splitpack.runtimes.netem
 from splitpack.formats import read_bundle, read_samples
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.serve.edge import create_app
+from splitpack.serving.edge import create_app
 from splitpack.formats.variants import normalize_uint8
 from splitpack.runtimes.backends import load_backend, load_entropy_tables
 from splitpack.formats.wire import decode_payload, encode_payload

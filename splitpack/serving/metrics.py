@@ -1,6 +1,6 @@
 """An edge's request counters and their ``/metrics`` page (Prometheus text format 0.0.4).
 
-:class:`EdgeMetrics` counts what :class:`~splitpack.serve.edge.EdgeServer` answered: requests
+:class:`EdgeMetrics` counts what :class:`~splitpack.serving.edge.EdgeServer` answered: requests
 by variant and status, tail and request seconds (sum, count), and the recent tail times behind
 the measured median of ``/metadata``. It counts under whatever label it is given; the edge
 passes ``-`` for variant ids it does not serve, so that a client cannot grow the label set.

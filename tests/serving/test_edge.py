@@ -23,8 +23,8 @@ from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.wire import decode_payload, encode_payload
 from splitpack.runtimes.backends import load_backend
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
-from splitpack.serve.edge import EdgeServer, create_app, serve
-from splitpack.serve.loopback import edge_server
+from splitpack.serving.edge import EdgeServer, create_app, serve
+from splitpack.serving.loopback import edge_server
 from tests.runtimes.test_load import FakeTime
 
 TOKEN = "s3cret"
@@ -278,7 +278,7 @@ def test_server_settings_are_checked(bundle) -> None:
 
 def test_serve_command_passes_its_options(bundle_path, monkeypatch) -> None:
     seen = {}
-    monkeypatch.setattr("splitpack.serve.edge.serve", lambda bundle, **kw: seen.update(kw))
+    monkeypatch.setattr("splitpack.serving.edge.serve", lambda bundle, **kw: seen.update(kw))
     parser = argparse.ArgumentParser()
     commands.add_runtime_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", str(bundle_path), "--port", "9", "--max-inflight", "2",

@@ -32,7 +32,7 @@ missing, corrupted or mismatched tables file stops the edge there, naming the fi
 
 The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
 :class:`EdgeServer` and a Starlette request: :func:`create_app` routes to them, and so does the
-Ray Serve ingress (:mod:`splitpack.serve.ray_serve`), which passes its own ``run_tail`` so
+Ray Serve ingress (:mod:`splitpack.serving.ray_serve`), which passes its own ``run_tail`` so
 that tails run on its replicas.
 
 Edge load that changes: ``--load-trace FILE`` (``seconds,slowdown`` rows, see
@@ -74,11 +74,11 @@ from splitpack.runtimes.backends import (
 from splitpack.runtimes.load import (
     LOAD_CLOCKS, EmulatedLoad, follow_clock_lines, read_load_trace,
 )  # fmt: skip
-from splitpack.serve.metrics import EdgeMetrics
+from splitpack.serving.metrics import EdgeMetrics
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "REMOTE_PROVIDER", "EdgeServer", "TailRunner", "handle_request",
-    "handle_infer", "create_app", "serve",
+    "handle_infer", "create_app", "serve", "start_server", "BackgroundServer",
 ]  # fmt: skip
 
 DEFAULT_MAX_BATCH = 64
@@ -510,6 +510,71 @@ def serve(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1",
           f"{server.wire_bundle_id}, {len(server.tails)} tails on {server.provider}) at "
           f"http://{host}:{port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+class BackgroundServer:
+    """An edge server running in a thread of this process (:func:`start_server`): for
+    notebooks, scripts and tests. A context manager; :meth:`stop` ends it.
+
+    Attributes:
+        url: ``http://HOST:PORT``.
+        app: The FastAPI application (its ``state.edge`` is the :class:`EdgeServer`).
+    """
+
+    def __init__(self, app, host: str, port: int, start_timeout_s: float) -> None:
+        import threading
+
+        import uvicorn
+
+        self.app, self.url = app, f"http://{host}:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
+                                                     log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, name="splitpack-edge",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + start_timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise InvalidConfigError(f"the edge server did not start on {self.url} within "
+                                         f"{start_timeout_s:g} s; is the port free? (port=0 "
+                                         "picks a free one)")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread."""
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_server(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.0.0.1",
+                 port: int = 8000, *, start_timeout_s: float = 30.0, **options) -> BackgroundServer:
+    """Serve a bundle from a thread of this process and return once it answers.
+
+    Args:
+        bundle_path: A bundle folder or archive, or a :class:`Bundle`.
+        host, port: Where to listen (port 0: a free one, chosen on loopback).
+        start_timeout_s: How long to wait for the server to start.
+        **options: ``token``, ``max_inflight``, ``max_batch``, ``threads``: as in
+            :func:`create_app`.
+
+    Returns:
+        The running :class:`BackgroundServer`.
+
+    Raises:
+        InvalidBundleError: the bundle cannot be loaded.
+        InvalidConfigError: an option is out of range, or the server did not start.
+    """
+    from splitpack.serving.loopback import free_port
+
+    port = free_port(port) if host in ("127.0.0.1", "localhost") else port
+    return BackgroundServer(create_app(bundle_path, **options), host, port, start_timeout_s)
 
 
 def _exit_on_bad_clock_line(message: str) -> None:

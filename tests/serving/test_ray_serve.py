@@ -28,15 +28,15 @@ from splitpack.formats.wire import encode_payload
 from splitpack.runtimes.backends import load_backend
 from splitpack.runtimes.device import DeviceRuntime
 from splitpack.runtimes.netem import ShapedLink, constant_trace
-from splitpack.serve.edge import create_app
-from splitpack.serve.loopback import free_port
+from splitpack.serving.edge import create_app
+from splitpack.serving.loopback import free_port
 from tests.bundles import follow_uplink
 
 NO_RAY = "Ray Serve is not installed: pip install 'splitpack[ray]'"
 ray = pytest.importorskip("ray", reason=NO_RAY)
 serve = pytest.importorskip("ray.serve", reason=NO_RAY)
 
-from splitpack.serve.ray_serve import APP_NAME, build_app, ray_edge  # noqa: E402
+from splitpack.serving.ray_serve import APP_NAME, build_app, ray_edge  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -216,7 +216,7 @@ def test_serve_command_passes_replicas_to_ray_and_refuses_them_locally(bundle_pa
     parser = argparse.ArgumentParser()
     commands.add_runtime_commands(parser.add_subparsers(dest="command", required=True))
     seen: dict = {}
-    monkeypatch.setattr("splitpack.serve.ray_serve.serve_ray",
+    monkeypatch.setattr("splitpack.serving.ray_serve.serve_ray",
                         lambda bundle, **options: seen.update(options, bundle=bundle))
     args = parser.parse_args(["serve", str(bundle_path), "--engine", "ray", "--replicas", "3"])
     assert args.handler(args) == 0

@@ -1,15 +1,15 @@
 """The edge on Ray Serve: a bundle's tails behind the same paths and wire format as ``serve``.
 
 ``POST /v1/infer``, ``GET /health``, ``/metadata`` and ``/metrics`` answer exactly as
-:mod:`splitpack.serve.edge` does (same checks in the same order, same statuses, same
+:mod:`splitpack.serving.edge` does (same checks in the same order, same statuses, same
 headers), because the same code answers them
-(:func:`~splitpack.serve.edge.handle_request`); so
+(:func:`~splitpack.serving.edge.handle_request`); so
 :class:`~splitpack.runtimes.device.DeviceRuntime` works against either server unchanged.
 
 Design: one ingress in front of one pool of tail replicas.
 
 * ``splitpack-edge`` (:class:`EdgeIngress`, one replica) answers every HTTP request. Its
-  :class:`~splitpack.serve.edge.EdgeServer` loads no tails: it authorizes, bounds and
+  :class:`~splitpack.serving.edge.EdgeServer` loads no tails: it authorizes, bounds and
   decodes the body, admits the payload against the manifest, counts, and hands the admitted
   array to the pool.
 * ``splitpack-tails`` (:class:`TailPool`, ``replicas`` replicas) holds every tail of the
@@ -48,7 +48,7 @@ import numpy as np
 
 from splitpack.errors import InternalError, InvalidConfigError, SplitpackError
 from splitpack.formats.bundle import Bundle, read_bundle
-from splitpack.serve.edge import (
+from splitpack.serving.edge import (
     DEFAULT_MAX_BATCH, REMOTE_PROVIDER, EdgeServer, handle_request,
 )  # fmt: skip
 
@@ -105,7 +105,7 @@ class EdgeIngress:
     Args:
         bundle_root: The bundle folder.
         pool: A Ray Serve handle to the :class:`TailPool` deployment.
-        token, max_inflight, max_batch: As in :class:`~splitpack.serve.edge.EdgeServer`
+        token, max_inflight, max_batch: As in :class:`~splitpack.serving.edge.EdgeServer`
             (``max_inflight`` here is for the whole pool).
     """
 

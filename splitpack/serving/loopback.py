@@ -1,4 +1,4 @@
-"""An edge server process on loopback: a free port, ``python -m splitpack.serve.edge`` started
+"""An edge server process on loopback: a free port, ``python -m splitpack.serving.edge`` started
 and waited for (``GET /health``), and stopped when the block ends. Used by the benchmarks, the
 demo and the tests that talk to a real edge process.
 """
@@ -61,7 +61,7 @@ class EdgeProcess:
 @contextmanager
 def edge_process(bundle_path: str | os.PathLike[str], *, max_inflight: int | None = None,
                  threads: int | None = None, start_timeout_s: float = 60.0) -> Iterator[str]:
-    """Run ``python -m splitpack.serve.edge`` on a free loopback port until the block ends.
+    """Run ``python -m splitpack.serving.edge`` on a free loopback port until the block ends.
 
     Args:
         bundle_path: The bundle folder or archive to serve.
@@ -99,7 +99,7 @@ def edge_server(bundle_path: str | os.PathLike[str], *, max_inflight: int | None
         InvalidConfigError: ``port`` is in use, or the server exits or stays silent at start.
     """
     port = free_port(port)
-    command = [sys.executable, "-m", "splitpack.serve.edge", os.fspath(bundle_path),
+    command = [sys.executable, "-m", "splitpack.serving.edge", os.fspath(bundle_path),
                "--host", "127.0.0.1", "--port", str(port)]
     if max_inflight is not None:
         command += ["--max-inflight", str(max_inflight)]

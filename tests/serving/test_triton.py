@@ -16,7 +16,7 @@ from splitpack.errors import InvalidBundleError, InvalidConfigError
 from splitpack.formats import read_bundle, read_samples, write_bundle
 from splitpack.formats.variants import normalize_uint8
 from splitpack.runtimes.backends import load_backend
-from splitpack.serve.triton import export_triton
+from splitpack.serving.triton import export_triton
 from tests.bundles import build_test_bundle
 
 model_config_pb2 = pytest.importorskip(
