@@ -67,8 +67,12 @@ class CompileSettings(BaseModel):
     def fingerprint(self) -> str:
         """Hash of everything that changes what is trained (names the work folder)."""
         identity = self.model_dump(exclude={"variants", "max_accuracy_drop", "bandwidth", "device_slowdown", "tflite"})
-        if self.weights and Path(self.weights).is_file():
-            identity["weights_sha256"] = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()
+        files = {"weights_sha256": self.weights,  # what a path names can change under it
+                 "model_sha256": self.model if self.model.endswith(".onnx") else None,
+                 "data_sha256": self.data[len("npz:"):] if self.data.startswith("npz:") else None}
+        for key, path in files.items():
+            if path and Path(path).expanduser().is_file():
+                identity[key] = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
