@@ -96,13 +96,17 @@ def run_compile(model: Any = None, data: Any = None, out: str | os.PathLike[str]
                                      "floats, one per channel")
         if settings.get(name) is not None:
             settings[name] = [float(v) for v in settings[name]]
+    config = None if config is None else str(config)
     overrides = dict(settings)
     if data is not None:
         overrides.update(_data_spec(data, inputs))
-    if model is not None:
-        overrides["model"] = _model_spec(model, overrides, inputs)
-    return compile_bundle(load_settings(None if config is None else str(config), overrides), out,
-                          log=log)
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        # the config file's data, image size, weights... count for the module's export too
+        merged = load_settings(config, {**overrides, "model": "(the model object)"})
+        overrides["model"] = _model_spec(model, merged, inputs)
+    elif model is not None:
+        overrides["model"] = os.fspath(model)
+    return compile_bundle(load_settings(config, overrides), out, log=log)
 
 
 def _digest(payload: bytes) -> str:
@@ -135,6 +139,14 @@ def _data_spec(data: Any, inputs: Path) -> dict:
         arrays = {"x_train": data.to_uint8(data.x_train), "y_train": data.y_train,
                   "x_test": data.to_uint8(data.x_test), "y_test": data.y_test}
         extra = {"mean": list(data.mean), "std": list(data.std)}
+        step = 0.5 / 255 / min(data.std) + 1e-5  # what rounding to pixels may move an input
+        for split in ("x_train", "x_test"):
+            if not np.allclose(data.from_uint8(arrays[split]), getattr(data, split), rtol=0, atol=step):
+                raise InvalidDatasetError(
+                    f"data: Dataset {data.name!r}: its {split} is not pixels normalized by its "
+                    f"mean {data.mean} and std {data.std} (they do not round-trip through uint8, "
+                    "e.g. an npz of already normalized floats); pass its arrays (x_train, y_train, "
+                    "x_test, y_test) as floats or uint8 pixels instead")
     elif isinstance(data, (tuple, list)) and len(data) == 4:
         arrays = {key: np.asarray(value) for key, value in zip(NPZ_KEYS, data)}
     else:
@@ -145,10 +157,9 @@ def _data_spec(data: Any, inputs: Path) -> dict:
     return {"data": f"npz:{_write_once(inputs, 'data.npz', buffer.getvalue())}", **extra}
 
 
-def _model_spec(model: Any, overrides: dict, inputs: Path) -> str:
-    """The ``model`` setting of a model argument (objects written as ONNX under ``inputs``)."""
-    if isinstance(model, (str, os.PathLike)):
-        return os.fspath(model)
+def _model_spec(model: Any, settings, inputs: Path) -> str:
+    """The ``model`` setting of a model object, written as ONNX under ``inputs``; ``settings``
+    are the compile's (config and keywords merged) for its input shape."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
@@ -159,26 +170,26 @@ def _model_spec(model: Any, overrides: dict, inputs: Path) -> str:
     if not isinstance(model, torch.nn.Module):
         raise InvalidModelError(f"model: found {type(model).__module__}.{type(model).__name__}; "
                                 f"allowed: {_MODEL_FORMS}")
-    if overrides.get("weights") is not None:
+    if settings.weights is not None:
         raise InvalidModelError("weights: an nn.Module carries its own weights; load them into "
-                                "it (module.load_state_dict) and drop weights=")
+                                "it (module.load_state_dict) and drop weights= (or the config's "
+                                "weights)")
     from splitpack.compiler.export import check_forward, export_onnx, parse_input_shape
 
-    shape = (parse_input_shape(overrides["input_shape"]) if overrides.get("input_shape")
-             else _data_input_shape(overrides))
+    shape = (parse_input_shape(settings.input_shape) if settings.input_shape
+             else _data_input_shape(settings))
     check_forward(model, shape, type(model).__name__)
     exported = export_onnx(model, shape)
     return str(_write_once(inputs, f"{_safe(type(model).__name__)}.onnx",
                            exported.SerializeToString()))
 
 
-def _data_input_shape(overrides: dict) -> tuple[int, ...]:
+def _data_input_shape(settings) -> tuple[int, ...]:
     """(1, C, H, W) of the data set the settings name: an nn.Module's example input."""
     from splitpack.datasets import load_dataset
 
-    dataset = load_dataset(overrides.get("data", "digits"), image_size=overrides.get("image_size"),
-                           mean=overrides.get("mean"), std=overrides.get("std"),
-                           train_limit=1, test_limit=1)
+    dataset = load_dataset(settings.data, image_size=settings.image_size, mean=settings.mean,
+                           std=settings.std, train_limit=1, test_limit=1)
     return (1,) + tuple(dataset.input_shape)
 
 

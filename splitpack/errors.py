@@ -39,9 +39,10 @@ class InvalidBundleError(SplitpackError, ValueError):
     """A bundle or archive is corrupt, tampered with, of an unknown version, or escapes its folder."""
 
 
-class InvalidInputError(SplitpackError, ValueError):
+class InvalidInputError(InvalidConfigError):
     """One request's input (the array given to ``DeviceRuntime.infer``) has the wrong dtype or
-    shape for the bundle: the caller's data, not a setting."""
+    shape for the bundle: the caller's data, not a setting. (A subclass of
+    ``InvalidConfigError``, which such input raised before it had its own type.)"""
 
 
 class UnsupportedCutError(SplitpackError):

@@ -90,29 +90,46 @@ def show_project_messages(verbose: bool) -> None:
 
 
 class _CallbackHandler(logging.Handler):
+    """Gives ``callback`` the messages logged by one thread (the one that made it)."""
+
     def __init__(self, callback: Callable[[str], None]) -> None:
         super().__init__(logging.INFO)
-        self.callback = callback
+        self.callback, self.thread = callback, threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.callback(record.getMessage())
+        if record.thread == self.thread:
+            self.callback(record.getMessage())
+
+
+_FORWARDS_LOCK = threading.Lock()
+_forwards = 0  # blocks of forward_messages open now, all threads together
+_level_before = logging.NOTSET
 
 
 @contextlib.contextmanager
 def forward_messages(callback: Callable[[str], None]) -> Iterator[None]:
-    """Also give ``callback`` every INFO-and-up message of the ``splitpack`` loggers (one
-    ``logging.getLogger(__name__)`` per module) while the block runs: a caller's progress
-    callback (``compile_bundle(log=...)``). INFO is enabled for the block if it was not."""
+    """Also give ``callback`` every INFO-and-up message that this thread logs to the
+    ``splitpack`` loggers (one ``logging.getLogger(__name__)`` per module) while the block
+    runs: a caller's progress callback (``compile_bundle(log=...)``). INFO is enabled while any
+    such block is open, in any thread, and the level before the first is restored after the
+    last."""
+    global _forwards, _level_before
     handler = _CallbackHandler(callback)
-    level = _LOG.level
-    if not _LOG.isEnabledFor(logging.INFO):
-        _LOG.setLevel(logging.INFO)
-    _LOG.addHandler(handler)
+    with _FORWARDS_LOCK:
+        if _forwards == 0:
+            _level_before = _LOG.level
+        _forwards += 1
+        if not _LOG.isEnabledFor(logging.INFO):
+            _LOG.setLevel(logging.INFO)
+        _LOG.addHandler(handler)
     try:
         yield
     finally:
-        _LOG.removeHandler(handler)
-        _LOG.setLevel(level)
+        with _FORWARDS_LOCK:
+            _LOG.removeHandler(handler)
+            _forwards -= 1
+            if _forwards == 0:
+                _LOG.setLevel(_level_before)
 
 
 @contextlib.contextmanager

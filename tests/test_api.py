@@ -177,3 +177,32 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         splitpack.compile_model  # noqa: B018
     assert {"compile", "load_bundle", "verify", "serve", "DeviceRuntime"} <= set(dir(splitpack))
     assert Path(splitpack.__file__).name == "__init__.py"
+
+
+def test_a_dataset_that_is_not_normalized_pixels_is_refused(tmp_path, trained) -> None:
+    from splitpack.datasets import Dataset
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 1, 8, 8)).astype(np.float32) * 3  # already normalized floats
+    y = rng.integers(0, 3, size=20)
+    data = Dataset("floats", x, y, x, y, 3, (1, 8, 8), (0.0,), (1.0,))
+    with pytest.raises(InvalidDatasetError, match="do not round-trip through uint8"):
+        splitpack.compile(trained, data, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_module_takes_its_input_shape_from_the_config_files_data(tmp_path, trained, arrays) -> None:
+    """The TOML file's ``data`` and ``image_size`` make the module's example input: digits at
+    8x8 (1 channel) fits the module, and the 10 classes are then refused against its 3."""
+    config = tmp_path / "compile.toml"
+    config.write_text('data = "digits"\nimage_size = 8\ntrain_limit = 50\ntest_limit = 20\n')
+    with pytest.raises(InvalidDatasetError, match="has 10 classes but the model outputs 3"):
+        splitpack.compile(trained, None, tmp_path / "bundle", config=config)
+
+
+def test_a_port_in_use_is_a_typed_error(compiled) -> None:
+    bundle, _ = compiled
+    with splitpack.serve(bundle, port=0, block=False) as edge:
+        assert edge.url == f"http://127.0.0.1:{edge.port}" and edge.port > 0
+        with pytest.raises(InvalidConfigError, match="did not start on .* is the port free"):
+            splitpack.serve(bundle, port=edge.port, block=False)

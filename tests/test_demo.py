@@ -89,3 +89,14 @@ def test_accuracy_is_averaged_over_requests_even_when_variants_tie():
     session["runs"]["adaptive"]["variants"] = {"cut03": 3, "local": 1, "edge": 1}
     summary = demo_summary(session, PHASES)
     assert summary["accuracy"]["adaptive"] == pytest.approx((4 * 90 + 80) / 5)
+
+
+def test_without_matplotlib_the_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "matplotlib" else real(name, *args))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
+    assert "pip install 'splitpack[bench]'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

@@ -147,3 +147,22 @@ def test_forwarded_messages_reach_the_callback_and_the_level_comes_back() -> Non
             type(h).__name__ == "_CallbackHandler" for h in project.handlers)
     finally:
         project.setLevel(level)
+
+
+def test_forwarded_messages_stay_with_the_thread_that_logged_them() -> None:
+    module = logging.getLogger("splitpack.compiler.some_step")
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    both_in = threading.Barrier(2)
+
+    def compile_in_a_thread(name: str) -> None:
+        with forward_messages(seen[name].append):
+            both_in.wait(timeout=10)
+            module.info("from %s", name)
+            both_in.wait(timeout=10)
+
+    threads = [threading.Thread(target=compile_in_a_thread, args=(name,)) for name in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen == {"a": ["from a"], "b": ["from b"]}

@@ -16,8 +16,8 @@ dropped: all methods at once, one thread each, made them slow each other down on
 after another, let the host's drift between runs (0.5 ms on 3.5 ms medians) outweigh the
 differences being measured.
 
-:class:`DeviceRuntime` cannot be pinned to a variant, so the fixed runs drive the same path with
-the same pieces (:func:`load_backend` heads stretched to the scheduled device slowdown x their
+:class:`DeviceRuntime` was not pinnable when this was written (it is now: ``pin``), so the
+fixed runs drive the same path with the same pieces (:func:`load_backend` heads stretched to the scheduled device slowdown x their
 measured time, :func:`encode_request`, the shaped link, ``POST /v1/infer`` with httpx); they
 have no selector and no fallback, so an edge failure there is an error and a lost request.
 

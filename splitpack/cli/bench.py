@@ -11,7 +11,9 @@ from pathlib import Path
 
 from splitpack.bench.runtime import DEFAULT_INTERVAL_S, DEFAULT_REQUESTS, DEFAULT_THREADS
 from splitpack.bench.serve import ENGINES
-from splitpack.cli.common import add_data_args, add_model_args, format_table, load_with_data
+from splitpack.cli.common import (
+    add_data_args, add_model_args, format_table, load_with_data, require_plotting,
+)
 from splitpack.errors import InvalidConfigError
 
 __all__ = ["add_bench_commands"]
@@ -135,6 +137,8 @@ def _input_baselines(model, dataset, qualities: tuple[int, ...]) -> list[dict]:
 
 
 def _cmd_bench_grid(args) -> int:
+    if args.plot:
+        require_plotting("bench grid --plot")
     from splitpack.compiler.cuts import find_cuts
     from splitpack.compiler.grid import CODINGS, parse_cut_selection, run_grid
     from splitpack.bench.plots import plot_grid_bytes
@@ -168,6 +172,8 @@ def _cmd_bench_grid(args) -> int:
 
 
 def _cmd_bench_predictor(args) -> int:
+    if args.plot:
+        require_plotting("bench predictor --plot")
     from splitpack.bench.plots import plot_predictor
     from splitpack.bench.replay import LatencySetting, replay_grid
 
@@ -206,6 +212,8 @@ def _cmd_bench_predictor(args) -> int:
 
 
 def _cmd_bench_selector(args) -> int:
+    if args.plot:
+        require_plotting("bench selector --plot")
     from splitpack.bench.selector import run_bench_selector_command
 
     run_bench_selector_command(args.out, args.plot)
@@ -258,6 +266,8 @@ def _add_bench_runtime_command(bench_subparsers: argparse._SubParsersAction) -> 
 
 
 def _cmd_bench_runtime(args: argparse.Namespace) -> int:
+    if args.plot:
+        require_plotting("bench runtime --plot")
     from splitpack.bench.runtime import run_runtime_benchmark
 
     result = run_runtime_benchmark(args.bundle, args.trace, requests=args.requests,

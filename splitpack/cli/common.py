@@ -8,8 +8,22 @@ from pathlib import Path
 
 from splitpack.errors import InvalidConfigError, UnsupportedCutError
 
-__all__ = ["format_table", "add_model_args", "load_model_args", "add_data_args", "parse_floats",
+__all__ = ["require_plotting", "format_table", "add_model_args", "load_model_args", "add_data_args", "parse_floats",
            "load_with_data", "INSPECT_HEADERS", "inspect_rows", "print_inspect"]
+
+
+def require_plotting(what: str) -> None:
+    """Refuse before any work is done when ``what`` will draw plots and matplotlib (the
+    ``bench`` extra) is missing, rather than after a long run.
+
+    Raises:
+        InvalidConfigError: naming the extra to install.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InvalidConfigError(f"{what} draws its plots with matplotlib, which is not installed "
+                                 "here; pip install 'splitpack[bench]' (or leave out --plot)")
 
 
 def format_table(headers: list[str], rows: list[list[object]]) -> str:

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from splitpack.cli.common import format_table, print_inspect
+from splitpack.cli.common import format_table, print_inspect, require_plotting
 from splitpack.errors import InvalidConfigError, InvalidDatasetError
 
 __all__ = ["add_demo_command", "CASES", "DEVICE_SLOWDOWN", "SCHEDULE", "DemoCase", "run_demo", "phase_summary",
@@ -89,6 +89,7 @@ def add_demo_command(commands) -> None:
 
 
 def _cmd_demo(args) -> int:
+    require_plotting("demo")  # its plots come last: refuse before the training, not after
     run_demo(Path(args.out), data=args.data, quick=args.quick, port=args.port,
              device_slowdown=args.device_slowdown)
     return 0

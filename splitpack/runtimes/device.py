@@ -348,8 +348,10 @@ class DeviceRuntime:
 
     def pin(self, variant_id: str) -> None:
         """Answer every request with ``variant_id`` until :meth:`unpin`: no selection, no
-        exploration and no hedge (a pinned remote variant waits for its upload). While the edge
-        is down a pinned remote variant still falls back to ``local``, as any request does.
+        exploration and no hedge (a pinned remote variant waits for its upload, even behind
+        bytes an earlier hedge gave up on). While the edge is down, or when its answer fails, a
+        pinned remote variant still falls back to ``local`` (``fallback`` in the result), as
+        any request does.
 
         Args:
             variant_id: One of the bundle's variant ids (``runtime.variants``).
@@ -380,14 +382,14 @@ class DeviceRuntime:
             if not self._probe():
                 return self.local_id, True
             self.edge_up = True
+        if self.pinned is not None:  # even while given-up bytes wait: pinned means pinned
+            return self.pinned, False
         if self._stalled:
             if self.link is not None and self.link.pending():
                 return self.local_id, False
             # The given-up bytes are out: what the runtime knew of the link predates that, so
             # a runtime that now prefers local explores at once.
             self._stalled, self._last_sample = False, -math.inf
-        if self.pinned is not None:
-            return self.pinned, False
         conditions = self.conditions()
         plan = self.selector.select_with_hysteresis(self.current_variant, conditions,
                                                     self.hysteresis)

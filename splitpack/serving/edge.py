@@ -517,7 +517,9 @@ class BackgroundServer:
     notebooks, scripts and tests. A context manager; :meth:`stop` ends it.
 
     Attributes:
-        url: ``http://HOST:PORT``.
+        url: ``http://HOST:PORT`` with the port it bound (``127.0.0.1`` for a server on every
+            interface: the address this process reaches it at).
+        port: The port it bound.
         app: The FastAPI application (its ``state.edge`` is the :class:`EdgeServer`).
     """
 
@@ -526,7 +528,8 @@ class BackgroundServer:
 
         import uvicorn
 
-        self.app, self.url = app, f"http://{host}:{port}"
+        self.app, self.port = app, port
+        self.url = f"http://{host}:{port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                                      log_level="warning", access_log=False))
         self._thread = threading.Thread(target=self._server.run, name="splitpack-edge",
@@ -540,6 +543,9 @@ class BackgroundServer:
                                          f"{start_timeout_s:g} s; is the port free? (port=0 "
                                          "picks a free one)")
             time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]  # port 0: the one bound
+        reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        self.url = f"http://{reachable}:{self.port}"
 
     def stop(self) -> None:
         """Stop serving and wait for the server thread."""
@@ -559,7 +565,7 @@ def start_server(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.
 
     Args:
         bundle_path: A bundle folder or archive, or a :class:`Bundle`.
-        host, port: Where to listen (port 0: a free one, chosen on loopback).
+        host, port: Where to listen (port 0: a free one, the one bound in ``.url``).
         start_timeout_s: How long to wait for the server to start.
         **options: ``token``, ``max_inflight``, ``max_batch``, ``threads``: as in
             :func:`create_app`.
@@ -571,9 +577,6 @@ def start_server(bundle_path: str | os.PathLike[str] | Bundle, host: str = "127.
         InvalidBundleError: the bundle cannot be loaded.
         InvalidConfigError: an option is out of range, or the server did not start.
     """
-    from splitpack.serving.loopback import free_port
-
-    port = free_port(port) if host in ("127.0.0.1", "localhost") else port
     return BackgroundServer(create_app(bundle_path, **options), host, port, start_timeout_s)
 
 

@@ -48,7 +48,25 @@ def test_the_datasets_and_the_manifests_normalization_are_one() -> None:
     np.testing.assert_array_equal(dataset.from_uint8(pixels), normalize_uint8(pixels, preprocessing))
     np.testing.assert_array_equal(dataset.from_uint8(pixels[0]), normalize_uint8(pixels, preprocessing)[0])
     np.testing.assert_array_equal(denormalize_to_uint8(dataset.from_uint8(pixels), preprocessing), pixels)
-    np.testing.assert_array_equal(dataset.to_uint8(dataset.x_test), pixels)
+
+
+def test_three_channel_normalization_is_the_float32_formula_on_both_paths() -> None:
+    """``(u8 / 255 - mean) / std`` in float32, bit for bit: a data set's (C, H, W) samples and a
+    manifest's batches (N, C, H, W) alike."""
+    from splitpack.datasets import Dataset
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(4, 3, 5, 5), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    formula = ((pixels.astype(np.float32) / np.float32(255.0)
+                - np.asarray(mean, np.float32).reshape(1, 3, 1, 1))
+               / np.asarray(std, np.float32).reshape(1, 3, 1, 1)).astype(np.float32)
+    x = formula.copy()
+    dataset = Dataset("three", x, np.zeros(4, np.int64), x, np.zeros(4, np.int64), 1, (3, 5, 5), mean, std)
+    np.testing.assert_array_equal(dataset.from_uint8(pixels[2]), formula[2])
+    np.testing.assert_array_equal(normalize_uint8(pixels, Preprocessing(mean=list(mean), std=list(std))),
+                                  formula)
+    np.testing.assert_array_equal(dataset.to_uint8(formula), pixels)
 
 
 def test_per_channel_normalization_and_its_errors() -> None:
