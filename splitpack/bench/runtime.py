@@ -62,6 +62,7 @@ from typing import Callable
 import httpx
 import numpy as np
 
+from splitpack.bench.defaults import DEFAULT_INTERVAL_S, DEFAULT_REQUESTS, DEFAULT_THREADS
 from splitpack.bench.report import (
     RUNTIME_FORMAT, load_info, runtime_result, summarize_run, switches_after_changes, trace_info,
 )  # fmt: skip
@@ -81,9 +82,6 @@ from splitpack.serving.loopback import edge_server
 
 __all__ = ["RUNTIME_FORMAT", "run_runtime_benchmark"]
 
-DEFAULT_INTERVAL_S = 0.1
-DEFAULT_THREADS = 1  # per session; see run_runtime_benchmark
-DEFAULT_REQUESTS = 150  # 15 s of trace at the 100 ms pace (longer when rounds slip)
 BANDWIDTH_WINDOW_S = 1.0  # mahimahi rates are spiky at 1 ms; the log shows 1 s means
 # A safety stop, not a pace: a round takes every method's latency, which on a slow link and a
 # slow device is several times interval_s (about 6 times on TMobile with a 50x device).

@@ -45,12 +45,12 @@ from splitpack.formats.wire import decode_payload
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )
+from splitpack.serving import ENGINES
 from splitpack.serving.loopback import free_port
 
 __all__ = ["SERVE_FORMAT", "ENGINES", "run_serve_benchmark"]
 
 SERVE_FORMAT = "splitpack-bench-serve/1"
-ENGINES = ("local", "ray")
 START_TIMEOUT_S = {"local": 60.0, "ray": 240.0}  # a Ray cluster takes tens of seconds on 2 cores
 STOP_TIMEOUT_S = 60.0
 BARRIER_TIMEOUT_S = 300.0  # every client warmed up; a lost client breaks it instead of hanging

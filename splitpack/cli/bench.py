@@ -9,12 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
-from splitpack.bench.runtime import DEFAULT_INTERVAL_S, DEFAULT_REQUESTS, DEFAULT_THREADS
-from splitpack.bench.serve import ENGINES
+from splitpack.bench.defaults import DEFAULT_INTERVAL_S, DEFAULT_REQUESTS, DEFAULT_THREADS
 from splitpack.cli.common import (
     add_data_args, add_model_args, format_table, load_with_data, require_plotting,
 )
 from splitpack.errors import InvalidConfigError
+from splitpack.serving import ENGINES
 
 __all__ = ["add_bench_commands"]
 

@@ -20,13 +20,12 @@ import numpy as np
 from splitpack.errors import InvalidConfigError
 from splitpack.runtimes.backends import BACKEND_KINDS
 from splitpack.runtimes.load import LOAD_CLOCKS
+from splitpack.serving import ENGINES
 
 __all__ = [
-    "SERVE_ENGINES", "add_runtime_commands", "add_serve_arguments", "add_triton_command",
+    "add_runtime_commands", "add_serve_arguments", "add_triton_command",
     "cmd_serve", "cmd_run", "cmd_export_triton", "load_inputs",
 ]  # fmt: skip
-
-SERVE_ENGINES = ("local", "ray")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +58,7 @@ def add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
     """
     serve = subparsers.add_parser("serve", help="serve every tail of a bundle over HTTP (edge)")
     add_serve_arguments(serve)
-    serve.add_argument("--engine", choices=SERVE_ENGINES, default="local",
+    serve.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: one uvicorn process; ray: Ray Serve on a local cluster, tails "
                        "on --replicas replicas (default: local)")
     serve.add_argument("--replicas", type=int,

@@ -24,6 +24,10 @@ DEVICE_MODULES = ("errors.py", "quiet.py", "_version.py")
 HARNESSES = ("splitpack.bench", "splitpack.cli")
 FORBIDDEN = ("torch", "onnx", "onnx_graphsurgeon", "sklearn", "splitpack.compiler",
              "splitpack.predictors.accuracy")
+# every benchmark harness: the device's `splitpack run` (the CLI) loads only their defaults
+RUN_TIME_HARNESSES = tuple(f"splitpack.bench.{path.stem}"
+                           for path in sorted((ROOT / "splitpack" / "bench").glob("*.py"))
+                           if path.stem not in ("__init__", "defaults"))
 
 SCRIPT = r'''
 import importlib.abc
@@ -118,7 +122,7 @@ print("ok", result.variant_id, *coded)
 def test_runtimes_work_without_the_compiler_stack(bundle_path: Path, entropy_bundle_path: Path,
                                                   which: str) -> None:
     path = entropy_bundle_path if which == "entropy" else bundle_path
-    script = SCRIPT.format(forbidden=FORBIDDEN)
+    script = SCRIPT.format(forbidden=FORBIDDEN + RUN_TIME_HARNESSES)
     done = subprocess.run([sys.executable, "-c", script, str(path), str(free_port())],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
