@@ -88,14 +88,8 @@ def run_compile(model: Any = None, data: Any = None, out: str | os.PathLike[str]
                                  "splitpack.compile(model, data, 'bundle')")
     out = Path(out)
     inputs = out.parent / f"{out.name}.work" / "inputs"
-    if isinstance(settings.get("input_shape"), (tuple, list)):
+    if isinstance(settings.get("input_shape"), (tuple, list)):  # the setting is "1x3x32x32"
         settings["input_shape"] = "x".join(str(int(d)) for d in settings["input_shape"])
-    for name in ("mean", "std"):
-        if settings.get(name) is not None and not isinstance(settings[name], (list, tuple)):
-            raise InvalidConfigError(f"{name}: found {settings[name]!r}; expected a list of "
-                                     "floats, one per channel")
-        if settings.get(name) is not None:
-            settings[name] = [float(v) for v in settings[name]]
     config = None if config is None else str(config)
     overrides = dict(settings)
     if data is not None:

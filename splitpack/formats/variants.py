@@ -172,7 +172,7 @@ def normalize_pixels(pixels: np.ndarray, mean, std, input_range: float = 255.0, 
         input_range: What a pixel's full scale is (255 for uint8).
         channel_axis: The axis of the channels (1: batch first; -3: (C, H, W) or (N, C, H, W)).
     """
-    values = np.asarray(pixels).astype(np.float32)
+    values = np.asarray(pixels, dtype=np.float32)  # no copy of what already is float32
     mean, std = _broadcast(mean, std, values, channel_axis)
     return ((values / np.float32(input_range) - mean) / std).astype(np.float32, copy=False)
 
@@ -203,19 +203,19 @@ def normalize_uint8(pixels: np.ndarray, preprocessing) -> np.ndarray:
     Raises:
         InvalidBundleError: ``preprocessing`` has neither one mean/std nor one per channel.
     """
-    values = np.asarray(pixels).astype(np.float32)
     if preprocessing is None:
-        return values
-    _checked(preprocessing, values)
-    return normalize_pixels(values, preprocessing.mean, preprocessing.std,
+        return np.asarray(pixels).astype(np.float32)
+    pixels = np.asarray(pixels)
+    _checked(preprocessing, pixels)
+    return normalize_pixels(pixels, preprocessing.mean, preprocessing.std,
                             preprocessing.input_range)
 
 
 def denormalize_to_uint8(inputs: np.ndarray, preprocessing) -> np.ndarray:
     """The inverse of :func:`normalize_uint8` (see :func:`denormalize_pixels`)."""
-    values = np.asarray(inputs, dtype=np.float32)
     if preprocessing is None:
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    _checked(preprocessing, values)
-    return denormalize_pixels(values, preprocessing.mean, preprocessing.std,
+        return np.clip(np.rint(np.asarray(inputs, dtype=np.float32)), 0, 255).astype(np.uint8)
+    inputs = np.asarray(inputs)
+    _checked(preprocessing, inputs)
+    return denormalize_pixels(inputs, preprocessing.mean, preprocessing.std,
                               preprocessing.input_range)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from splitpack.serving.loopback import free_port
 from tests.import_graph import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +48,7 @@ class Refuse(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Refuse())
 
-import threading
-import time
-
 import numpy as np
-import uvicorn
 from fastapi.testclient import TestClient
 
 import splitpack.runtimes.backends
@@ -61,12 +56,12 @@ import splitpack.cli.runtime  # the device's `splitpack run`
 import splitpack.runtimes.netem
 from splitpack.formats import read_bundle, read_samples
 from splitpack.runtimes.device import DeviceRuntime
-from splitpack.serving.edge import create_app
+from splitpack.serving.edge import BackgroundServer, create_app
 from splitpack.formats.variants import normalize_uint8
 from splitpack.runtimes.backends import load_backend, load_entropy_tables
 from splitpack.formats.wire import decode_payload, encode_payload
 
-bundle_path, port = sys.argv[1], int(sys.argv[2])
+bundle_path = sys.argv[1]
 bundle = read_bundle(bundle_path)
 inputs, expected = read_samples(bundle)
 app = create_app(bundle)
@@ -97,17 +92,9 @@ if upload is not None:
     assert answer.status_code == 200, answer.text
     coded.append(upload.format)
 
-server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-thread = threading.Thread(target=server.run, daemon=True)
-thread.start()
-deadline = time.monotonic() + 10
-while not server.started and time.monotonic() < deadline:
-    time.sleep(0.01)
-assert server.started, "uvicorn did not start"
-with DeviceRuntime(bundle, f"http://127.0.0.1:{{port}}", rtt_ms=1.0) as runtime:
+with BackgroundServer(app, "127.0.0.1", 0, start_timeout_s=10) as edge, \
+        DeviceRuntime(bundle, edge.url, rtt_ms=1.0) as runtime:  # a free port, then its URL
     result = runtime.infer(inputs[1])
-server.should_exit = True
-thread.join(10)
 assert not result.fallback and result.mode in ("split", "edge"), result
 np.testing.assert_allclose(result.output, expected[result.variant_id][1], atol=1e-4)
 leaked = sorted(name for name in sys.modules if _forbidden(name))
@@ -123,7 +110,7 @@ def test_runtimes_work_without_the_compiler_stack(bundle_path: Path, entropy_bun
                                                   which: str) -> None:
     path = entropy_bundle_path if which == "entropy" else bundle_path
     script = SCRIPT.format(forbidden=FORBIDDEN + RUN_TIME_HARNESSES)
-    done = subprocess.run([sys.executable, "-c", script, str(path), str(free_port())],
+    done = subprocess.run([sys.executable, "-c", script, str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ")
