@@ -180,3 +180,19 @@ def test_runtime_report_checks_each_mark_from_the_files(tmp_path, capsys) -> Non
     assert not report.summarize(run("lost", 10.1, 12.0, lost=1))["marks_met"]
     assert report.main([str(tmp_path / "good.json"), str(tmp_path / "lost.json")]) == 0
     assert "1 of 2 runs meet every mark" in capsys.readouterr().out
+
+
+def test_local_answer_overhead_compares_the_runtime_with_the_fixed_local_method(
+        bundle_path, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "overhead.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "local_answer_overhead.py"),
+                    str(bundle_path), "--requests", "8", "--pause", "0", "--out", str(out)],
+                   check=True, cwd=ROOT, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["answered_locally"]["fixed"] == 8
+    assert 1 <= result["answered_locally"]["runtime"] <= 8  # explorations are left out
+    medians = result["median_latency_ms"]
+    assert result["beyond_fixed_us"] == pytest.approx(
+        (medians["runtime"] - medians["fixed"]) * 1e3, abs=0.2)

@@ -70,7 +70,6 @@ from splitpack.bench.support import OCTET_STREAM_HEADERS, host_info, model_input
 from splitpack.errors import InvalidConfigError, SplitpackError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
 from splitpack.formats.wire import decode_payload
-from splitpack.planning.latency import plan_latency_ms
 from splitpack.runtimes.backends import (
     encode_request, load_backend, load_entropy_tables, wire_bundle_id,
 )  # fmt: skip
@@ -262,12 +261,14 @@ def _replay(devices: dict[str, DeviceRuntime | _FixedVariant], trace: BandwidthT
 
 def _conditions_seen(runtime: DeviceRuntime) -> dict:
     """What the adaptive runtime's selector will see for the next request, and the latency
-    it plans for each feasible variant under it (ms; read outside the timed request)."""
-    conditions = runtime.conditions()
-    return {"estimated_mbps": round(runtime.estimator.estimate_mbps(), 4),
+    it plans for each feasible variant under it, its learned correction included, and that
+    correction (ms; read outside the timed request)."""
+    plans = runtime.plans_ms()
+    fit = runtime.estimator.fit()
+    return {"estimated_mbps": round(fit.mbps, 4), "estimated_delay_ms": round(fit.delay_ms, 3),
             "device_load": round(runtime.device_load, 3), "edge_load": round(runtime.edge_load, 3),
-            "plans_ms": {p.id: round(plan_latency_ms(p, conditions), 3)
-                         for p in runtime.selector.feasible}}
+            "plans_ms": {vid: round(ms, 3) for vid, ms in plans.items()},
+            "plan_offsets_ms": {vid: round(ms, 3) for vid, ms in runtime.plan_offsets_ms.items()}}
 
 
 def _warm_up(fixed: dict[str, _FixedVariant], inputs: np.ndarray) -> float:

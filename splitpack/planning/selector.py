@@ -13,7 +13,7 @@ import math
 import numbers
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -203,15 +203,43 @@ class Selector:
         self._position = {p.id: pos for pos, p in enumerate(self.feasible)}
         self._ids = set(ids)
 
-    def _evaluate(self, conditions: Conditions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Latency, objective and energy (or None) of every feasible plan."""
+    def _offsets_array(self, offsets_ms: Mapping[str, float] | None) -> np.ndarray | None:
+        """``offsets_ms`` (variant id -> ms) as an array in feasible order (0 where absent),
+        or None for no offsets; ids that are not feasible are ignored."""
+        if not offsets_ms:
+            return None
+        values = np.zeros(len(self.feasible))
+        for vid, offset in offsets_ms.items():
+            pos = self._position.get(vid)
+            if pos is not None:
+                if not (isinstance(offset, numbers.Real) and math.isfinite(offset)):
+                    raise InvalidConfigError(f"offsets_ms[{vid!r}]: found {offset!r}; expected "
+                                             "a finite number of milliseconds")
+                values[pos] = float(offset)
+        return values
+
+    def _evaluate(self, conditions: Conditions, offsets_ms: Mapping[str, float] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Latency, objective and energy (or None) of every feasible plan; ``offsets_ms``
+        are added to the latencies (and so to a latency objective)."""
         weights = latency_weights(conditions)
+        offsets = self._offsets_array(offsets_ms)
         if self.power is None:
             latency = self._features @ weights
+            if offsets is not None:
+                latency = latency + offsets
             return latency, latency, None
         both = self._features @ np.stack([weights, energy_weights(conditions, self.power)], axis=1)
         latency, energy = both[:, 0], both[:, 1]
+        if offsets is not None:
+            latency = latency + offsets
         return latency, (energy if self.constraints.objective == "energy" else latency), energy
+
+    def latencies_ms(self, conditions: Conditions,
+                     offsets_ms: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Planned latency of every feasible plan (id -> ms), offsets included."""
+        latency = self._evaluate(conditions, offsets_ms)[0]
+        return {p.id: float(value) for p, value in zip(self.feasible, latency)}
 
     def _best(self, latency: np.ndarray, objective: np.ndarray, conditions: Conditions) -> int:
         """Position of the best feasible plan within the latency budget."""
@@ -233,11 +261,14 @@ class Selector:
         return Plan(self.feasible[pos], float(latency[pos]),
                     None if energy is None else float(energy[pos]), self._indices[pos])
 
-    def select(self, conditions: Conditions) -> Plan:
+    def select(self, conditions: Conditions,
+               offsets_ms: Mapping[str, float] | None = None) -> Plan:
         """The feasible plan that minimizes the objective under ``conditions``.
 
         Args:
             conditions: Current bandwidths, round trip, slowdowns and loads.
+            offsets_ms: Milliseconds to add to some plans' latency (variant id -> ms): what a
+                runtime learned its requests of that variant take beyond the model.
 
         Returns:
             The plan (ties go to the earlier candidate).
@@ -245,11 +276,12 @@ class Selector:
         Raises:
             InfeasiblePlanError: A latency budget is set and no feasible plan meets it.
         """
-        latency, objective, energy = self._evaluate(conditions)
+        latency, objective, energy = self._evaluate(conditions, offsets_ms)
         return self._plan(self._best(latency, objective, conditions), latency, energy)
 
     def select_with_hysteresis(self, current_id: str, conditions: Conditions,
-                               margin: float = 0.1) -> Plan:
+                               margin: float = 0.1,
+                               offsets_ms: Mapping[str, float] | None = None) -> Plan:
         """Like :meth:`select`, but keep ``current_id`` unless the best is clearly better.
 
         Switch only if ``objective(best) < (1 - margin) * objective(current)`` under the current
@@ -260,6 +292,7 @@ class Selector:
             current_id: Id of the plan in use.
             conditions: Current conditions.
             margin: Fraction in [0, 1) by which the best must beat the current plan.
+            offsets_ms: As for :meth:`select`.
 
         Returns:
             The plan to use next.
@@ -269,7 +302,7 @@ class Selector:
         if current_id not in self._ids:
             raise InvalidConfigError(
                 f"current plan '{current_id}' is not a candidate; known ids: {sorted(self._ids)}")
-        latency, objective, energy = self._evaluate(conditions)
+        latency, objective, energy = self._evaluate(conditions, offsets_ms)
         best = self._best(latency, objective, conditions)
         current = self._position.get(current_id)
         budget = self.constraints.latency_budget_ms

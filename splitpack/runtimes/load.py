@@ -342,7 +342,7 @@ class LoadEstimator:
             return
         with self._lock:
             self._ratios.append((self._clock(), max(1.0, observed_ms / expected_ms)))
-            self._last = float(statistics.median(ratio for _, ratio in self._ratios))
+            self._last = float(statistics.median([ratio for _, ratio in self._ratios]))
 
     def latest(self) -> float:
         """The estimate as of the last observation, however old that is (1 before any)."""

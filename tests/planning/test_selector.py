@@ -167,6 +167,23 @@ def test_hysteresis_keeps_within_margin_and_switches_beyond():
     assert budgeted.select_with_hysteresis("s_early", MIDBAND, margin=0.9).id == "s_mid"
 
 
+def test_offsets_are_added_to_the_plans_they_name():
+    selector = Selector(CANDIDATES, DEFAULT)
+    plain = selector.latencies_ms(MIDBAND)
+    assert plain == {p.id: pytest.approx(plan_latency_ms(p, MIDBAND)) for p in selector.feasible}
+    shifted = selector.latencies_ms(MIDBAND, {"s_mid": 10.0, "s_lossy": 5.0})  # s_lossy: infeasible
+    assert shifted == {vid: pytest.approx(ms + (10.0 if vid == "s_mid" else 0.0))
+                       for vid, ms in plain.items()}
+    assert selector.select(MIDBAND).id == "s_mid"
+    assert selector.select(MIDBAND, {"s_mid": 10.0}).id == "s_early"  # 29.4 against 25
+    assert selector.select(MIDBAND, {"s_mid": 10.0}).latency_ms == pytest.approx(plain["s_early"])
+    # hysteresis compares the corrected plans: 19.4 - 4 = 15.4 beats 25 + 0 by more than 30 %
+    assert selector.select_with_hysteresis("s_early", MIDBAND, 0.3, {"s_mid": -4.0}).id == "s_mid"
+    assert selector.select_with_hysteresis("s_early", MIDBAND, 0.3).id == "s_early"
+    with pytest.raises(InvalidConfigError, match=r"offsets_ms\['s_mid'\]: found nan; expected a finite"):
+        selector.select(MIDBAND, {"s_mid": float("nan")})
+
+
 @pytest.mark.parametrize("current, margin, match", [
     ("nope", 0.1, r"current plan 'nope' is not a candidate; known ids: \['edge', 'local'"),
     ("local", 1.0, r"margin must be a fraction in \[0, 1\); got 1.0"),

@@ -85,8 +85,29 @@ def test_the_last_identified_rate_outlives_a_window_of_one_size() -> None:
 def test_a_pure_rate_link_is_not_read_as_delay() -> None:
     """A throughput floor: messages of one size that took n / rate (no delay) give that rate,
     above the assumed one, and no delay."""
-    fit = feed(TransferEstimator(initial_mbps=5.0), [1105] * 5, delay_ms=0.0, mbps=50.0)
+    fit = feed(TransferEstimator(initial_mbps=5.0), [3105] * 5, delay_ms=0.0, mbps=50.0)
     assert fit.mbps == pytest.approx(50.0) and fit.delay_ms == pytest.approx(0.0, abs=1e-9)
+
+
+def test_messages_that_fit_in_one_packet_say_nothing_of_the_rate() -> None:
+    """Two sizes under one packet whose waits differ by chance (a cellular link's next
+    transmission opportunity): no rate identified from them, the wait is delay.
+    Before, 525 B uploads that waited 30 ms and 88 B ones that waited 5 ms gave about
+    0.1 Mbit/s, and every plan of a 525 B message carried 40 ms of bytes."""
+    estimator = TransferEstimator(initial_mbps=5.0)
+    sent = [(88, 0.005), (525, 0.030), (88, 0.006), (525, 0.028), (88, 0.004)]
+    for nbytes, seconds in sent:
+        fit = estimator.observe(nbytes, seconds)
+    assert not fit.rate_identified and fit.mbps == pytest.approx(5.0)
+    residuals_ms = sorted(seconds * 1e3 - nbytes * 8e-3 / 5.0 for nbytes, seconds in sent)
+    assert fit.delay_ms == pytest.approx(residuals_ms[2])  # their median: 88 B in 6 ms
+    assert fit.transfer_ms(525) - fit.transfer_ms(88) == pytest.approx(437 * 8e-3 / 5.0)
+    packets_of_100 = TransferEstimator(initial_mbps=5.0, packet_bytes=100.0)
+    for nbytes, seconds in sent:  # with 100 B packets the same samples are a rate
+        fit = packets_of_100.observe(nbytes, seconds)
+    assert fit.rate_identified and fit.mbps < 1.0
+    # the throughput floor still holds for small messages: the delay is >= 0
+    assert TransferEstimator(initial_mbps=5.0).observe(525, 1e-4).mbps == pytest.approx(42.0)
 
 
 def test_a_negative_slope_is_not_a_rate() -> None:
@@ -122,8 +143,8 @@ def test_initial_guess_and_zero_durations() -> None:
     estimator = TransferEstimator(initial_mbps=2.0, initial_delay_ms=3.0, min_seconds=1e-3)
     fit = estimator.fit()
     assert (fit.delay_ms, fit.mbps, fit.samples, fit.rate_identified) == (3.0, 2.0, 0, False)
-    fit = estimator.observe(1000, 0.0)  # a coarse clock read 0: counted as 1 ms, 8 Mbit/s
-    assert math.isfinite(fit.mbps) and fit.mbps == pytest.approx(8.0)
+    fit = estimator.observe(3000, 0.0)  # a coarse clock read 0: counted as 1 ms, 24 Mbit/s
+    assert math.isfinite(fit.mbps) and fit.mbps == pytest.approx(24.0)
     assert fit.delay_ms == pytest.approx(0.0, abs=1e-9)
 
 
@@ -178,6 +199,7 @@ def test_predicts_a_packetized_link_better_than_one_throughput() -> None:
     ({"delay_span_s": -0.5}, r"delay_span_s: found -0\.5"),
     ({"min_size_ratio": 1.0}, r"min_size_ratio: found 1\.0; expected a finite number > 1"),
     ({"min_seconds": 0.0}, "min_seconds: found 0.0"),
+    ({"packet_bytes": 0}, "packet_bytes: found 0; expected a finite number > 0"),
     ({"initial_mbps": "5"}, "initial_mbps: found '5'"),
 ])  # fmt: skip
 def test_bad_parameters(options, match) -> None:

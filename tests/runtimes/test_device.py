@@ -655,3 +655,46 @@ def test_an_upload_that_went_out_before_the_local_head_ran_waited_nothing_more(
         waited, output, _ = runtime._local_beside(inputs[:1].astype(np.float32), ("local", 1),
                                                   100.0, 0.0)
         assert output is None and waited == 0.0  # was -0.009: a negative transfer sample
+
+
+def test_each_plan_is_corrected_by_what_its_requests_take_beyond_it(bundle, app, samples) -> None:
+    """``plan_offsets_ms``: the median, over a variant's last requests, of what each took
+    beyond its plan with the device compute and the link left out; a split not run yet
+    borrows the other splits'; the selector plans with them (``plans_ms``)."""
+    import statistics
+
+    from splitpack.runtimes import device
+
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock, plan_measured_heads=True) as runtime:
+        low, high = [v for v, p in runtime.profiles.items() if p.kind == "split"]
+        runtime.pin("local")
+        beyond = []
+        for step in range(device.RESIDUAL_REQUESTS + 3):
+            result = runtime.infer(inputs[step % len(inputs)])
+            beyond.append(result.latency_ms - result.head_ms)  # local plans its head only
+            if step + 1 < device.RESIDUAL_MIN:
+                assert "local" not in runtime.plan_offsets_ms
+        # refreshed every RESIDUAL_REFRESH requests: RESIDUAL_REQUESTS + 3 is a multiple of it
+        assert (device.RESIDUAL_REQUESTS + 3) % device.RESIDUAL_REFRESH == 0
+        assert runtime.plan_offsets_ms["local"] == pytest.approx(
+            statistics.median(beyond[-device.RESIDUAL_REQUESTS:]), abs=1e-9)
+        assert runtime.plan_offsets_ms["local"] > 0  # the runtime's own time is not nothing
+        assert set(runtime.plan_offsets_ms) == {"local"}  # a kind not run has no offset
+
+        runtime.pin(low)
+        for step in range(device.RESIDUAL_MIN):
+            assert runtime.infer(inputs[step]).variant_id == low
+        conditions = runtime.conditions()
+        offsets = runtime.plan_offsets_ms
+        assert offsets[high] == offsets[low] and "edge" not in offsets
+        plain = runtime.selector.latencies_ms(conditions)
+        assert runtime.plans_ms() == {
+            vid: pytest.approx(ms + offsets.get(vid, 0.0)) for vid, ms in plain.items()}
+
+    # a runtime that plans with its profiles (plan_measured_heads=False) learns no offset
+    with _runtime(bundle, FlakyEdge(app), FakeClock()) as runtime:
+        for step in range(device.RESIDUAL_MIN + 1):
+            runtime.infer(inputs[step])
+        assert runtime.plan_offsets_ms == {}
