@@ -23,6 +23,7 @@ __all__ = [
     "ProfileArrays",
     "ConditionArrays",
     "plan_latency_ms",
+    "after_upload_ms",
     "plan_energy_mj",
     "latency_matrix",
     "energy_matrix",
@@ -102,6 +103,15 @@ def _transfer_ms(num_bytes: float, mbps: float) -> float:
     return num_bytes * 8 / (mbps * 1e6) * 1e3
 
 
+def after_upload_ms(profile: VariantProfile, conditions: Conditions) -> float:
+    """The terms of :func:`plan_latency_ms` that come after a remote plan's upload: the
+    edge's compute and the answer's way back (``rtt_ms`` excluded); 0 for ``local``."""
+    if profile.kind == "local":
+        return 0.0
+    return (_edge_ms(profile, conditions)
+            + _transfer_ms(profile.result_bytes, conditions.downlink_mbps))
+
+
 def plan_latency_ms(profile: VariantProfile, conditions: Conditions) -> float:
     """End-to-end latency of one request with this plan.
 
@@ -127,8 +137,7 @@ def plan_latency_ms(profile: VariantProfile, conditions: Conditions) -> float:
     if profile.kind == "local":
         return device_ms
     return (device_ms + _transfer_ms(profile.payload_bytes, conditions.uplink_mbps)
-            + conditions.rtt_ms + _edge_ms(profile, conditions)
-            + _transfer_ms(profile.result_bytes, conditions.downlink_mbps))
+            + conditions.rtt_ms + after_upload_ms(profile, conditions))
 
 
 def plan_energy_mj(profile: VariantProfile, conditions: Conditions, power: PowerModel) -> float:

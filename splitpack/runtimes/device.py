@@ -116,9 +116,9 @@ import numpy as np
 
 from splitpack.errors import InvalidConfigError, InvalidInputError, WireFormatError
 from splitpack.formats.bundle import Bundle, read_bundle, read_samples
-from splitpack.formats.variants import denormalize_to_uint8, normalize_uint8
+from splitpack.formats.variants import VariantProfile, denormalize_to_uint8, normalize_uint8
 from splitpack.formats.wire import decode_payload
-from splitpack.planning.latency import Conditions, plan_latency_ms
+from splitpack.planning.latency import Conditions, after_upload_ms, plan_latency_ms
 from splitpack.planning.selector import Constraints, Selector
 from splitpack.planning.transfer import TransferEstimator
 from splitpack.runtimes.backends import (
@@ -457,7 +457,7 @@ class DeviceRuntime:
                 and x.dtype in _INPUT_DTYPES and x.flags.c_contiguous):
             return x[np.newaxis], True
         x = np.asarray(x)
-        sample_shape = tuple(self.manifest.input.shape[1:])
+        sample_shape = self._sample_shape
         single = x.ndim == len(sample_shape)
         batch = x[np.newaxis] if single else x
         dims_ok = batch.ndim == len(sample_shape) + 1 and batch.shape[0] >= 1 and all(
@@ -714,7 +714,7 @@ class DeviceRuntime:
         self.profiles[variant_id] = replace(profile, payload_bytes=max(1, round(mean)))
         return True
 
-    def _note_residual(self, variant_id: str, profile, latency_ms: float,
+    def _note_residual(self, variant_id: str, profile: VariantProfile, latency_ms: float,
                        head_ms: float) -> None:
         """Learn what a one-sample request of ``variant_id`` takes beyond its plan, the
         device compute's and the link's shares left out: ``latency_ms`` less its head's device
@@ -731,7 +731,8 @@ class DeviceRuntime:
 
         Why: a plan that leaves out a cost every request of one kind pays, and not another's,
         misranks variants whose plans are close. In a CIFAR-10 ResNet-20 bundle over
-        Verizon-LTE-short at 10x (``cifar_runtime_verizon_x10``), ``local`` was planned at
+        Verizon-LTE-short at 10x (``cifar_runtime_verizon_x10`` as of commit b205cd7, from
+        the code before this), ``local`` was planned at
         10.24 ms (median) where it took 10.64, and ``edge``, which took 10.03 as a fixed
         method, was planned above it: the runtime answered 123 of 150 requests locally.
         Residuals of the whole latency (head included) were tried first: a head's plan
@@ -740,11 +741,8 @@ class DeviceRuntime:
         variants not run since 8 ms too high."""
         residual = latency_ms - head_ms  # local: its plan is its head's device time
         if profile.kind != "local":  # the rest of plan_latency_ms, as it planned it
-            conditions = self._conditions or self.conditions()
             residual -= (self._link_ms + self.rtt_ms
-                         + conditions.edge_slowdown * conditions.edge_load
-                         * (profile.decode_ms + profile.tail_ms)
-                         + profile.result_bytes * 8e-3 / conditions.downlink_mbps)
+                         + after_upload_ms(profile, self._conditions or self.conditions()))
         kept = self._residuals.get(variant_id)
         if kept is None:
             kept = self._residuals[variant_id] = deque(maxlen=RESIDUAL_REQUESTS)
