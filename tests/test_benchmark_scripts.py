@@ -182,6 +182,35 @@ def test_runtime_report_checks_each_mark_from_the_files(tmp_path, capsys) -> Non
     assert "1 of 2 runs meet every mark" in capsys.readouterr().out
 
 
+def test_runtime_rounds_reads_where_the_runtime_answered_against_the_fixed_methods(
+        tmp_path, capsys) -> None:
+    import json
+
+    rounds = _load("runtime_rounds")
+    # four rounds: the runtime on edge, edge, local, local; the fixed edge is best over the run
+    # (median 10.5 against local's 20) and beat local in one of the two rounds answered locally
+    fixed = {"edge": [10.0, 11.0, 5.0, 90.0], "local": [20.0, 20.0, 20.0, 20.0]}
+    log = [{"round": 0, "variant": "edge", "mode": "edge", "latency_ms": 10.5},
+           {"round": 1, "variant": "edge", "mode": "edge", "latency_ms": 11.5},
+           {"round": 2, "variant": "local", "mode": "local", "latency_ms": 20.2},
+           {"round": 3, "variant": "local", "mode": "local", "latency_ms": 20.4}]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({
+        "log": log, "fixed_log": {name: [[0.0, ms] for ms in values] for name, values in fixed.items()},
+        "runs": {"adaptive": {"uplink_probes": 3, "uplink_probe_bytes": 300}}}))
+    fields = rounds.summarize(path).split()
+    assert fields[1] == "edge"
+    assert [float(f) for f in fields[2:6]] == [15.85, 10.5, 15.65, 29.0]  # medians, means
+    assert fields[6:10] == ["2", "47.5", "20.0", "1"]  # local rounds; edge, local there; edge won
+    assert float(fields[10]) == pytest.approx(0.3) and fields[11:] == ["3", "300"]
+    assert rounds.by_variant(path)[0].split() == ["edge", "2", "rounds:", "adaptive", "11.00,",
+                                                  "fixed", "10.50"]
+    assert rounds.main([str(path), "--by-variant"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["run", "best"] and out[1].split()[:2] == ["run", "edge"]
+    assert out[2].split()[0] == "edge" and out[3].split()[0] == "local" and len(out) == 4
+
+
 def test_local_answer_overhead_compares_the_runtime_with_the_fixed_local_method(
         bundle_path, tmp_path) -> None:
     import json
@@ -193,6 +222,7 @@ def test_local_answer_overhead_compares_the_runtime_with_the_fixed_local_method(
     result = json.loads(out.read_text())
     assert result["answered_locally"]["fixed"] == 8
     assert 1 <= result["answered_locally"]["runtime"] <= 8  # explorations are left out
+    assert result["explorations"] == 0 and result["uplink_probes"] >= 0  # probes, the default
     medians = result["median_latency_ms"]
     assert result["beyond_fixed_us"] == pytest.approx(
         (medians["runtime"] - medians["fixed"]) * 1e3, abs=0.2)

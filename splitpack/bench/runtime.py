@@ -108,7 +108,7 @@ class _FixedVariant:
         self.client, self.link, self.emulated_load = client, link, emulated_load
 
     def _run_head(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
-        # Normalized before the clock starts, as DeviceRuntime does: only the head is stretched.
+        # Normalized outside the stretch, as DeviceRuntime does: only the head is stretched.
         inputs = model_input(self.manifest, batch)
         output, seconds = self.emulated_load.stretch(lambda: self.head.run(inputs),
                                                      key=(self.variant.id, len(inputs)))
@@ -126,10 +126,13 @@ class _FixedVariant:
                 lambda: encode_request(self.variant, batch, wire_bundle_id=self.wire_id),
                 key=(vid, len(batch)))
             head_ms = seconds * 1e3
-        else:
-            codes, head_ms = self._run_head(batch)
-            payload = encode_request(self.variant, codes, wire_bundle_id=self.wire_id,
-                                     tables=self.tables)
+        else:  # the head and the coding of its codes: one stretch, as DeviceRuntime's
+            inputs = model_input(self.manifest, batch)
+            payload, seconds = self.emulated_load.stretch(
+                lambda: encode_request(self.variant, self.head.run(inputs),
+                                       wire_bundle_id=self.wire_id, tables=self.tables),
+                key=(vid, len(batch)))
+            head_ms = seconds * 1e3
         link_s = self.link.send(len(payload)) if self.link is not None else 0.0
         sent = time.perf_counter()
         output, edge_ms = _post(self.client, payload, vid)
@@ -304,6 +307,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                           load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
                           edge_load_trace: str | os.PathLike[str] | LoadSchedule | None = None,
                           threads: int | None = DEFAULT_THREADS, hysteresis: float = 0.1,
+                          uplink_probes: bool = True,
                           port: int = 0, out_json: str | os.PathLike[str] | None = None,
                           out_png: str | os.PathLike[str] | None = None) -> dict:
     """Replay ``trace`` against a real edge process: adaptive runtime and every fixed choice.
@@ -331,6 +335,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
             method's 4.1 ms, the same head; with one thread each, 3.0 and 2.9 ms.
         hysteresis: The adaptive runtime's (``DeviceRuntime(hysteresis=...)``): the fraction
             by which a variant's plan must beat the current one's to switch.
+        uplink_probes: The adaptive runtime's (``DeviceRuntime(uplink_probes=...)``): probe
+            the uplink while it answers locally (True), or explore with remote requests.
         port: The edge server's loopback port; 0 (the default) for a free one.
         out_json, out_png: Where to write the result and its plot (optional).
 
@@ -384,7 +390,7 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         rtt_ms = _warm_up(fixed, inputs)
         runtime = stack.enter_context(DeviceRuntime(
             opened, edge.url, device_slowdown=device_slowdown, rtt_ms=rtt_ms, threads=threads,
-            hysteresis=hysteresis))
+            hysteresis=hysteresis, uplink_probes=uplink_probes))
         for head in runtime.heads.values():  # a head's first run is slow; not the device's state
             head.run(model_input(manifest, inputs[:1]))
         logs = _replay({"adaptive": runtime, **fixed}, replayed, inputs, expected,
@@ -402,7 +408,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
         "fallbacks": stats["fallbacks"], "explorations": stats["explorations"],
         "probes": stats["probes"], "switches": stats["switches"],
         "hedges": stats["hedges"], "deadline_misses": stats["deadline_misses"],
-        "edge_errors": stats["errors"][:5]}}
+        "uplink_probes": stats["uplink_probes"],
+        "uplink_probe_bytes": stats["uplink_probe_bytes"], "edge_errors": stats["errors"][:5]}}
     for vid in fixed_ids:
         runs[vid] = summarize_run(logs[vid], requests, sum("error" in r for r in logs[vid]))
     result = runtime_result(runs, logs, stats, split_ids, local_id, edge_id)
@@ -420,7 +427,8 @@ def run_runtime_benchmark(bundle: str | os.PathLike[str], trace: str | os.PathLi
                           logs["adaptive"], schedule.changes(start_offset_s,
                                                              start_offset_s + span_s))
                       for name, schedule in schedules.items()},
-                  rtt_ms=rtt_ms, threads=threads, hysteresis=hysteresis, bundle={
+                  rtt_ms=rtt_ms, threads=threads, hysteresis=hysteresis,
+                  uplink_probes=uplink_probes, bundle={
                       "path": os.fspath(opened.root), "model_id": manifest.model_id,
                       "bundle_id": manifest.bundle_id,
                       "profiles_device_slowdown": manifest.profiles.get("device_slowdown"),

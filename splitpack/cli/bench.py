@@ -259,6 +259,9 @@ def _add_bench_runtime_command(bench_subparsers: argparse._SubParsersAction) -> 
     runtime.add_argument("--hysteresis", type=float, default=0.1,
                          help="the adaptive runtime's: the fraction by which a variant's plan "
                          "must beat the current one's to switch (default 0.1)")
+    runtime.add_argument("--no-uplink-probes", dest="uplink_probes", action="store_false",
+                         help="the adaptive runtime explores with remote requests instead of "
+                         "probing the uplink while it answers locally")
     runtime.add_argument("--out", required=True, help="runtime JSON to write")
     runtime.add_argument("--plot", help="PNG: bandwidth, variant and latency over time")
     runtime.set_defaults(handler=_cmd_bench_runtime)
@@ -276,7 +279,7 @@ def _cmd_bench_runtime(args: argparse.Namespace) -> int:
                                    load_trace=args.load_trace,
                                    edge_load_trace=args.edge_load_trace,
                                    threads=args.threads, hysteresis=args.hysteresis,
-                                   out_json=args.out,
+                                   uplink_probes=args.uplink_probes, out_json=args.out,
                                    out_png=args.plot)
     medians = ", ".join(f"{name} {ms:.3g}" for name, ms in result["median_latency_ms"].items()
                         if ms is not None)

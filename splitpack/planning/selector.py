@@ -202,12 +202,18 @@ class Selector:
         self._features = np.ascontiguousarray(ProfileArrays.from_profiles(self.feasible).features)
         self._position = {p.id: pos for pos, p in enumerate(self.feasible)}
         self._ids = set(ids)
+        self._offsets_cache: tuple = (None, None, None)  # see _offsets_array
+        self._remote = [pos for pos, p in enumerate(self.feasible) if p.kind != "local"]
+        self._last_latency: np.ndarray | None = None  # of the last select*
 
     def _offsets_array(self, offsets_ms: Mapping[str, float] | None) -> np.ndarray | None:
         """``offsets_ms`` (variant id -> ms) as an array in feasible order (0 where absent),
         or None for no offsets; ids that are not feasible are ignored."""
         if not offsets_ms:
             return None
+        given, copy, values = self._offsets_cache
+        if offsets_ms is given and offsets_ms == copy:  # a runtime passes the same dict until
+            return values                                 # its offsets change
         values = np.zeros(len(self.feasible))
         for vid, offset in offsets_ms.items():
             pos = self._position.get(vid)
@@ -216,6 +222,7 @@ class Selector:
                     raise InvalidConfigError(f"offsets_ms[{vid!r}]: found {offset!r}; expected "
                                              "a finite number of milliseconds")
                 values[pos] = float(offset)
+        self._offsets_cache = (offsets_ms, dict(offsets_ms), values)
         return values
 
     def _evaluate(self, conditions: Conditions, offsets_ms: Mapping[str, float] | None = None
@@ -277,7 +284,19 @@ class Selector:
             InfeasiblePlanError: A latency budget is set and no feasible plan meets it.
         """
         latency, objective, energy = self._evaluate(conditions, offsets_ms)
+        self._last_latency = latency
         return self._plan(self._best(latency, objective, conditions), latency, energy)
+
+    def last_best_remote(self) -> tuple[VariantProfile, float] | None:
+        """The feasible remote (split or edge) plan of least latency in the last
+        :meth:`select` or :meth:`select_with_hysteresis`, and that latency (offsets
+        included); None before any, or when no remote plan is feasible. What a runtime that
+        chose ``local`` would send instead, read without planning again."""
+        latency = self._last_latency
+        if latency is None or not self._remote:
+            return None
+        best = min(self._remote, key=latency.__getitem__)
+        return self.feasible[best], float(latency[best])
 
     def select_with_hysteresis(self, current_id: str, conditions: Conditions,
                                margin: float = 0.1,
@@ -303,6 +322,7 @@ class Selector:
             raise InvalidConfigError(
                 f"current plan '{current_id}' is not a candidate; known ids: {sorted(self._ids)}")
         latency, objective, energy = self._evaluate(conditions, offsets_ms)
+        self._last_latency = latency
         best = self._best(latency, objective, conditions)
         current = self._position.get(current_id)
         budget = self.constraints.latency_budget_ms

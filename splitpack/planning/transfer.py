@@ -20,7 +20,11 @@ the 389 B time 206 ms on ATT, 965 ms on TMobile).
   sample met;
 * the rate is at least the median throughput of the window (bytes / seconds, delay
   included: the delay is >= 0), the model used before, which it falls back to when the
-  messages show no delay;
+  messages show no delay, and at least that of the recent samples (below): a link that got
+  faster is believed within a few samples, not once they hold most of the window, and one
+  that got slower shows in the delay (after a step from 0.002 to 50 Mbit/s, a runtime that
+  answered locally and probed once a second sent its first remote request 1.4 s after the
+  step with this, 2.5 s with the window's floor alone: fake time, a test bundle);
 * the delay is the median of what the last few samples (those of the last ``delay_span_s``
   before the newest) took beyond their bytes at that rate, >= 0.
 
@@ -226,19 +230,26 @@ class TransferEstimator:
             return self._fit
 
     def _refit(self) -> TransferFit:
-        sizes, seconds = np.array(self._sizes), np.array(self._seconds)
-        slope, identified = self._slope(sizes, seconds)
-        if identified:
-            self._seconds_per_byte = slope
-        # delay >= 0, so the rate is at least what the messages achieved, delay included.
-        # statistics.median: on these few numbers it costs less than np.median's call
-        # overhead, and the fit is on every remote request's path.
+        # Plain Python on these few numbers: the fit runs on the path of every remote request
+        # and of every probe the runtime takes in, and numpy's per-call overhead (tens of
+        # microseconds with the caches cold between requests) was most of its cost.
+        sizes, seconds = list(self._sizes), list(self._seconds)
+        identified = False
+        if max(sizes) > self.packet_bytes:  # else no pair can identify a rate
+            slope, identified = self._slope(np.array(sizes), np.array(seconds))
+            if identified:
+                self._seconds_per_byte = slope
+        newest, kept = self._times[-1], self.delay_window
+        recent = [(s, n) for s, n, t in zip(seconds[-kept:], sizes[-kept:],
+                                            list(self._times)[-kept:])
+                  if t >= newest - self.delay_span_s]
+        # delay >= 0, so the rate is at least what the messages achieved, delay included:
+        # the window's, and the recent ones'
         seconds_per_byte = min(self._seconds_per_byte,
-                               statistics.median((seconds / sizes).tolist()))
-        times = list(self._times)[-self.delay_window:]
-        recent = sum(1 for t in times if t >= times[-1] - self.delay_span_s)
-        residuals = seconds[-recent:] - seconds_per_byte * sizes[-recent:]
-        delay_s = max(0.0, statistics.median(residuals.tolist()))
+                               statistics.median([s / n for s, n in zip(seconds, sizes)]),
+                               statistics.median([s / n for s, n in recent]))
+        residuals = [s - seconds_per_byte * n for s, n in recent]
+        delay_s = max(0.0, statistics.median(residuals))
         return TransferFit(delay_s * 1e3, 1.0 / (seconds_per_byte * _BYTES_PER_MBIT),
                            len(sizes), identified)
 

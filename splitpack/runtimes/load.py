@@ -332,26 +332,31 @@ class LoadEstimator:
             raise InvalidConfigError(f"max_age_s: found {max_age_s!r}; expected seconds > 0")
         self.max_age_s, self._clock = float(max_age_s), clock
         self._ratios: deque[tuple[float, float]] = deque(maxlen=window)  # (when, ratio)
-        self._last = 1.0  # the median as of the last observation, never expired
-        self._lock = threading.Lock()
+        self._last: float | None = 1.0  # the median as of the last observation (None: not
+        self._lock = threading.Lock()      # computed yet), never expired
 
     def observe(self, observed_ms: float, expected_ms: float) -> None:
         """Record one computation that took ``observed_ms`` where ``expected_ms`` was expected
         unloaded; ignored when either is not a finite number or the expectation is not > 0."""
         if not (math.isfinite(observed_ms) and math.isfinite(expected_ms) and expected_ms > 0):
             return
-        with self._lock:
+        with self._lock:  # the median waits until it is read: this is on every request's path
             self._ratios.append((self._clock(), max(1.0, observed_ms / expected_ms)))
-            self._last = float(statistics.median([ratio for _, ratio in self._ratios]))
+            self._last = None
 
     def latest(self) -> float:
         """The estimate as of the last observation, however old that is (1 before any)."""
-        return self._last
+        with self._lock:
+            if self._last is None:
+                self._last = float(statistics.median([ratio for _, ratio in self._ratios]))
+            return self._last
 
     def estimate(self) -> float:
         """The current load factor."""
         now = self._clock()
         with self._lock:
+            if self._last is None and self._ratios and now - self._ratios[0][0] > self.max_age_s:
+                self._last = float(statistics.median([ratio for _, ratio in self._ratios]))
             while self._ratios and now - self._ratios[0][0] > self.max_age_s:
                 self._ratios.popleft()
             ratios = [ratio for _, ratio in self._ratios]

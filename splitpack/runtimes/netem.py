@@ -24,6 +24,7 @@ Trace files (:func:`load_trace`):
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
@@ -70,6 +71,9 @@ class BandwidthTrace:
     source: str = "<memory>"
     _cumulative: np.ndarray = field(init=False, repr=False)
     _rates: np.ndarray = field(init=False, repr=False)
+    # The same as lists, for time_to_send: one send is a few scalar steps, and numpy's per-call
+    # overhead made each tens of microseconds, charged to the emulated device's requests.
+    _lists: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         edges = np.array(self.edges_s, dtype=np.float64)
@@ -90,6 +94,8 @@ class BandwidthTrace:
         for name, value in derived.items():
             value.setflags(write=False)
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_lists", (edges.tolist(), self._rates.tolist(),
+                                            self._cumulative.tolist()))
 
     def __repr__(self) -> str:
         return (f"BandwidthTrace(source={self.source!r}, duration_s={self.duration_s:g}, "
@@ -185,21 +191,24 @@ class BandwidthTrace:
             raise InvalidConfigError(f"time_to_send: found t0={t0}; expected a finite time")
         if _number(nbytes, "nbytes") == 0:
             return float(t0)
-        total = self.total_bytes
-        start_periods, start_bytes = self._position(t0)
-        target = float(start_bytes) + nbytes
+        edges, rates, cumulative = self._lists  # _position's steps, on scalars
+        duration, t0 = edges[-1], float(t0)
+        total = cumulative[-1]
+        start_periods = math.floor(t0 / duration)
+        at = min(max(t0 - start_periods * duration, 0.0), duration)
+        index = min(max(bisect.bisect_right(edges, at) - 1, 0), len(rates) - 1)
+        target = cumulative[index] + rates[index] * (at - edges[index]) + nbytes
         periods = math.floor(target / total)  # whole periods, then a remainder in (0, total]
         remainder = min(target - periods * total, total)
         if remainder <= 0:
             periods, remainder = periods - 1, remainder + total
-        periods += int(start_periods)
+        periods += start_periods
         # cumulative[j] >= remainder > cumulative[j-1], so segment j-1 has a positive rate.
-        j = int(np.searchsorted(self._cumulative, remainder))
-        segment = min(max(j, 1), len(self._rates)) - 1
-        offset = (self.edges_s[segment]
-                  + (remainder - self._cumulative[segment]) / self._rates[segment])
-        offset = min(offset, self.edges_s[segment + 1])  # keeps finish monotone across segments
-        return max(float(periods * self.duration_s + offset), float(t0))
+        j = bisect.bisect_left(cumulative, remainder)
+        segment = min(max(j, 1), len(rates)) - 1
+        offset = edges[segment] + (remainder - cumulative[segment]) / rates[segment]
+        offset = min(offset, edges[segment + 1])  # keeps finish monotone across segments
+        return max(periods * duration + offset, t0)
 
 
 def constant_trace(mbps: float, duration_s: float = 1.0) -> BandwidthTrace:

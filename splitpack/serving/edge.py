@@ -18,6 +18,11 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
   200: the model output as a wire payload (float32, bits 32, the same ids), with headers
   ``X-Splitpack-Tail-Ms`` (tail compute) and ``X-Splitpack-Queue`` (requests in flight).
   500: the tail failed on a valid input (a bug; the reason says where).
+* ``POST /v1/probe`` — body: any bytes (octet-stream, as large as the largest payload at
+  most), read and dropped: 204 with ``X-Splitpack-Probe-Bytes`` (how many arrived). A device
+  answering locally times it to learn its uplink without running a head (see
+  :class:`~splitpack.runtimes.device.DeviceRuntime`). The same checks as ``/v1/infer`` up to
+  the body (401, 415, 413, 400 ``body``: empty); no wire header is read.
 * ``GET /health`` — ``{"status": "ok", "wire_bundle_id": ...}``; never needs the token.
 * ``GET /metadata`` — bundle ids, provider, limits, queue depth, the emulated load (``load``:
   its trace file, trace time and slowdown now; null without one), and per served variant its
@@ -25,9 +30,9 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
 * ``GET /metrics`` — Prometheus text: requests by variant and status, tail and request
   seconds (sum, count), requests in flight.
 
-``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a thread pool so
-that the event loop keeps answering (and refusing) while they compute; so do the decoders of
-entropy-coded codes and images. Entropy tables are loaded with the tails, at start-up, and a
+``/v1/probe``, ``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a
+thread pool so that the event loop keeps answering (and refusing) while they compute; so do the
+decoders of entropy-coded codes and images. Entropy tables are loaded with the tails, at start-up, and a
 missing, corrupted or mismatched tables file stops the edge there, naming the file.
 
 The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
@@ -78,7 +83,7 @@ from splitpack.serving.metrics import EdgeMetrics
 
 __all__ = [
     "DEFAULT_MAX_BATCH", "REMOTE_PROVIDER", "EdgeServer", "TailRunner", "handle_request",
-    "handle_infer", "create_app", "serve", "start_server", "BackgroundServer",
+    "handle_infer", "handle_probe", "create_app", "serve", "start_server", "BackgroundServer",
 ]  # fmt: skip
 
 DEFAULT_MAX_BATCH = 64
@@ -380,6 +385,19 @@ async def handle_infer(server: EdgeServer, request: Request,
         "X-Splitpack-Tail-Ms": f"{tail_ms:.3f}", "X-Splitpack-Queue": str(queue)})
 
 
+async def handle_probe(server: EdgeServer, request: Request) -> Response:
+    """``POST /v1/probe``: read the body and drop it (token, content type and size checked as
+    for ``/v1/infer``); 204 with the bytes read. Not counted in ``/metrics``, whose counters
+    are per variant."""
+    try:
+        server.authorize(request)
+        server.check_envelope(request)
+        body = await server.read_body(request)
+    except _Rejection as rejection:
+        return _error(rejection)
+    return Response(status_code=204, headers={"X-Splitpack-Probe-Bytes": str(len(body))})
+
+
 async def handle_health(server: EdgeServer, request: Request) -> Response:
     """``GET /health``: names the bundle; never needs the token."""
     return JSONResponse({"status": "ok", "wire_bundle_id": server.wire_bundle_id})
@@ -404,7 +422,8 @@ async def handle_metrics(server: EdgeServer, request: Request) -> Response:
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-_ROUTES = {"/v1/infer": "POST", "/health": "GET", "/metadata": "GET", "/metrics": "GET"}
+_ROUTES = {"/v1/infer": "POST", "/v1/probe": "POST", "/health": "GET", "/metadata": "GET",
+           "/metrics": "GET"}
 
 
 async def handle_request(server: EdgeServer, request: Request,
@@ -429,8 +448,8 @@ async def handle_request(server: EdgeServer, request: Request,
                             status_code=405, headers={"Allow": allowed})
     if path == "/v1/infer":
         return await handle_infer(server, request, run_tail)
-    handler = {"/health": handle_health, "/metadata": handle_metadata,
-               "/metrics": handle_metrics}[path]
+    handler = {"/v1/probe": handle_probe, "/health": handle_health,
+               "/metadata": handle_metadata, "/metrics": handle_metrics}[path]
     return await handler(server, request)
 
 
@@ -442,7 +461,8 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
 
     Args:
         bundle_path: A bundle folder or archive (verified on load), or a :class:`Bundle`.
-        token: Bearer token required by ``/v1/infer``, ``/metadata`` and ``/metrics``.
+        token: Bearer token required by ``/v1/infer``, ``/v1/probe``, ``/metadata`` and
+            ``/metrics``.
         max_inflight: Requests handled at once; more get 503 with ``Retry-After``.
         max_batch: Largest batch one payload may carry.
         providers, threads: ONNX Runtime settings (default CUDA when available, else CPU).
@@ -460,6 +480,10 @@ def create_app(bundle_path: str | os.PathLike[str] | Bundle, *, token: str | Non
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
         return await handle_infer(server, request)
+
+    @app.post("/v1/probe")
+    async def probe(request: Request) -> Response:
+        return await handle_probe(server, request)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

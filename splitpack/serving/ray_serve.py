@@ -1,7 +1,7 @@
 """The edge on Ray Serve: a bundle's tails behind the same paths and wire format as ``serve``.
 
-``POST /v1/infer``, ``GET /health``, ``/metadata`` and ``/metrics`` answer exactly as
-:mod:`splitpack.serving.edge` does (same checks in the same order, same statuses, same
+``POST /v1/infer``, ``POST /v1/probe``, ``GET /health``, ``/metadata`` and ``/metrics`` answer
+exactly as :mod:`splitpack.serving.edge` does (same checks in the same order, same statuses, same
 headers), because the same code answers them
 (:func:`~splitpack.serving.edge.handle_request`); so
 :class:`~splitpack.runtimes.device.DeviceRuntime` works against either server unchanged.
@@ -157,7 +157,8 @@ def build_app(bundle: Bundle, *, replicas: int = DEFAULT_REPLICAS, token: str | 
     Args:
         bundle: A verified bundle folder (:func:`~splitpack.formats.read_bundle`).
         replicas: Tail pool replicas (>= 1).
-        token: Bearer token required by ``/v1/infer``, ``/metadata`` and ``/metrics``.
+        token: Bearer token required by ``/v1/infer``, ``/v1/probe``, ``/metadata`` and
+            ``/metrics``.
         max_inflight: Requests each tail replica handles at once; the ingress admits
             ``max_inflight * replicas`` and answers more with 503.
         max_batch: Largest batch one payload may carry.

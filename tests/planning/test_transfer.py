@@ -132,6 +132,25 @@ def test_the_delay_follows_the_recent_samples_only() -> None:
     assert fit.delay_ms == pytest.approx((4.0 + 500.0) / 2 - 400 * 8e-3 / 5.0)
 
 
+def test_a_link_that_got_faster_is_believed_from_the_recent_samples() -> None:
+    """A window of slow small messages (0.02 Mbit/s, no rate identified), then three fast
+    ones: the rate is at least what the recent ones achieved, so their size is planned at
+    their time, not at the window's median."""
+    clock = Clock()
+    estimator = TransferEstimator(initial_mbps=0.02, clock=clock)
+    for _ in range(12):
+        estimator.observe(100, 100 / (0.02 * BYTES_PER_MBIT))
+        clock.now += 1.0
+    assert estimator.transfer_ms(100) == pytest.approx(40.0)
+    for _ in range(3):
+        fit = estimator.observe(100, 0.0002)
+        clock.now += 0.1
+    assert fit.samples == 15 and not fit.rate_identified
+    assert fit.transfer_ms(100) == pytest.approx(0.2)
+    fit = estimator.observe(100, 0.040)  # one slow again: a median of the recent, in the delay
+    assert fit.transfer_ms(100) == pytest.approx(0.2, abs=0.01)
+
+
 def test_the_window_forgets_old_samples() -> None:
     estimator = TransferEstimator(initial_mbps=5.0, window=4, delay_window=4)
     feed(estimator, [400, 4000] * 2, delay_ms=50.0, mbps=1.0)

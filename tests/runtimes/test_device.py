@@ -176,6 +176,8 @@ class FlakyEdge:
             raise httpx.ReadTimeout("timed out", request=request)
         if self.failure == "busy" and request.url.path == "/v1/infer":
             return httpx.Response(503, json={"error": "server busy: 8 requests in flight"})
+        if self.failure == "noprobe" and request.url.path == "/v1/probe":  # an older edge
+            return httpx.Response(404, json={"error": "path: '/v1/probe' is not served"})
         if self.failure == "garbage" and request.url.path == "/v1/infer":
             return httpx.Response(200, content=b"SPLT garbage")
         self.bodies.append(request.content)
@@ -259,7 +261,7 @@ def test_a_slow_device_uploads_raw_input_even_when_given_floats(bundle, app, sam
 def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, samples) -> None:
     inputs, expected = samples
     edge, clock = FlakyEdge(app), FakeClock()
-    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.001) as runtime:
+    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.001, uplink_probes=False) as runtime:
         first = runtime.infer(inputs[0])
         assert (first.mode, first.fallback) == ("local", False)
         clock.now += 1.0
@@ -272,12 +274,104 @@ def test_a_runtime_that_prefers_local_still_explores_the_uplink(bundle, app, sam
         assert runtime.infer(inputs[2]).mode != "local"  # the new estimate keeps it remote
 
 
+def test_a_runtime_answering_locally_probes_its_link_instead_of_exploring(bundle, app,
+                                                                        samples) -> None:
+    """Over a link at 0.002 Mbit/s for 2 s, then 50: local answers hand probes of the best
+    remote plan's payload size to the link (one a second: remote plans are far above local)
+    and do not wait for them; the next request takes one in once it has gone out. No
+    request is sent to the edge while the link is slow, none is an exploration, and the
+    probes find the fast link within 1.5 s."""
+    inputs, expected = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    link = ShapedLink(from_mbps([0.002, 50.0, 50.0], bin_seconds=2.0), clock=clock,
+                      sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, initial_uplink_mbps=0.002) as runtime:
+        remote = {p.id: p.payload_bytes for p in runtime.selector.feasible if p.kind != "local"}
+        modes = []
+        for step in range(55):  # one request every 0.1 s
+            started = clock.now
+            result = runtime.infer(inputs[step % len(inputs)])
+            _check(result, expected, step % len(inputs))
+            if result.mode == "local":
+                assert clock.now == started  # a probe never makes the device wait
+            modes.append((round(step * 0.1, 1), result.mode))
+            clock.now = started + 0.1
+        assert all(mode == "local" for t, mode in modes if t < 2.0) and len(edge.bodies) > 0
+        first_remote = next(t for t, mode in modes if mode != "local")
+        assert 2.0 <= first_remote < 3.5
+        assert runtime.stats["explorations"] == 0 and runtime.stats["uplink_probes"] >= 3
+        assert all(mode != "local" for t, mode in modes if t > first_remote)
+        assert runtime.stats["uplink_probe_bytes"] % runtime.stats["uplink_probes"] == 0
+        assert runtime.stats["uplink_probe_bytes"] // runtime.stats["uplink_probes"] in (
+            remote.values())
+
+
+def test_while_a_probe_waits_on_the_link_requests_stay_local_and_send_nothing(
+        bundle, app, samples) -> None:
+    """A probe sent into a 1 s outage: until it has gone out the runtime answers locally,
+    sends nothing more (an upload would queue behind it) and takes no sample; then its wait
+    is one."""
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), LinkClock()
+    link = ShapedLink(from_mbps([0.0, 50.0], bin_seconds=1.0), clock=clock, sleep=clock.sleep)
+    with _runtime(bundle, edge, clock, link=link, initial_uplink_mbps=0.002) as runtime:
+        assert runtime.infer(inputs[0]).mode == "local" and runtime.stats["uplink_probes"] == 1
+        for step in range(1, 9):
+            clock.now += 0.1
+            assert runtime.infer(inputs[step % len(inputs)]).mode == "local" and link.pending()
+        assert runtime.stats["uplink_probes"] == 1 and runtime.estimator.fit().samples == 0
+        assert edge.bodies == []
+        sent = runtime.stats["uplink_probe_bytes"]
+        clock.now += 0.25  # 1.05 s: it went out at 1 s
+        runtime.infer(inputs[0])  # (and sends the next one)
+        fit = runtime.estimator.fit()
+        assert fit.samples == 1 and fit.transfer_ms(sent) == pytest.approx(1000.0, abs=1.0)
+
+
+def test_without_a_link_the_probes_go_to_the_edge(bundle, app, samples) -> None:
+    """No emulated link (a real network): a worker thread POSTs the probe to ``/v1/probe``
+    and the request does not wait for it; the next request takes its time in."""
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.0001) as runtime:
+        assert runtime.infer(inputs[0]).mode == "local"
+        runtime._probe_future.result(timeout=30)  # the worker's exchange is over
+        (probe,) = edge.bodies
+        best = min((p for p in runtime.selector.feasible if p.kind != "local"),
+                   key=lambda p: runtime.plans_ms()[p.id])
+        assert probe == bytes(len(probe)) and len(probe) == best.payload_bytes
+        for step in range(1, 6):  # each takes the last probe in; the loopback edge is fast
+            clock.now += 0.1
+            if runtime.infer(inputs[step]).mode != "local":
+                break
+            assert runtime.estimator.fit().samples == step
+            runtime._probe_future.result(timeout=30)
+        else:
+            pytest.fail("five probes of a loopback edge did not make a remote plan the best")
+        assert runtime.stats["explorations"] == 0
+
+
+def test_an_edge_that_does_not_answer_probes_is_explored_instead(bundle, app, samples) -> None:
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    edge.failure = "noprobe"
+    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.001) as runtime:
+        assert runtime.infer(inputs[0]).mode == "local"
+        runtime._probe_future.result(timeout=30)
+        clock.now += 0.1
+        assert runtime.infer(inputs[1]).mode == "local" and not runtime.uplink_probes
+        assert runtime.estimator.fit().samples == 0  # a refused probe measured nothing
+        clock.now += 1.0
+        assert runtime.infer(inputs[2]).mode != "local"  # an exploration, as before probes
+        assert runtime.stats["explorations"] == 1 and runtime.stats["uplink_probes"] == 1
+
+
 def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) -> None:
     """A 10 s assumed round trip keeps every remote plan worse than local: explorations come
     after 1, 2, 2, ... s (doubling, capped at 2 probe intervals), not every second."""
     inputs, _ = samples
     edge, clock = FlakyEdge(app), FakeClock()
-    with _runtime(bundle, edge, clock) as runtime:
+    with _runtime(bundle, edge, clock, uplink_probes=False) as runtime:
         runtime.rtt_ms = 10_000.0
         explored_at = []
         for second in range(40):
@@ -296,7 +390,7 @@ def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) 
 def test_a_failed_exploration_does_not_count_as_a_measurement(bundle, app, samples) -> None:
     inputs, _ = samples
     edge, clock = FlakyEdge(app), FakeClock()
-    with _runtime(bundle, edge, clock) as runtime:
+    with _runtime(bundle, edge, clock, uplink_probes=False) as runtime:
         runtime.rtt_ms = 10_000.0
         for _ in range(5):  # explorations at 1 and 3 s: the interval is 2 s (the cap) from 2 s on
             runtime.infer(inputs[0])
@@ -621,21 +715,35 @@ def test_a_reference_set_by_slow_first_runs_comes_down_and_a_load_does_not_raise
 
 
 def test_measured_heads_replace_their_profiles_and_unmeasured_ones_stay_optimistic(bundle, app) -> None:
+    """A measured variant is planned with what its device computation took (the head and the
+    encoding of what it sends, so ``encode_ms`` 0); one not measured yet with its profile,
+    scaled down when the measured ones run faster than theirs, never up."""
+    from splitpack.formats.bundle import Bundle
+
+    coded = Bundle(bundle.root, bundle.manifest.model_copy(update={"variants": [
+        v.model_copy(update={"latency": v.latency.model_copy(update={"encode_ms": 0.02})})
+        if v.kind == "split" else v for v in bundle.manifest.variants]}))
     edge, clock = FlakyEdge(app), FakeClock()
-    with _runtime(bundle, edge, clock, plan_measured_heads=True, device_slowdown=10.0) as runtime:
+    with _runtime(coded, edge, clock, plan_measured_heads=True, device_slowdown=10.0) as runtime:
         low, high = [v for v, p in runtime.profiles.items() if p.kind == "split"]
-        profiled = {vid: p.head_ms for vid, p in runtime.profiles.items()}
+        head = {vid: p.head_ms for vid, p in runtime.profiles.items()}
+        encode = {vid: p.encode_ms for vid, p in runtime.profiles.items()}
+        assert encode[low] > 0 and encode[high] > 0  # so that folding it in shows
+        device = {vid: head[vid] + encode[vid] for vid in head}
         for _ in range(3):  # the reference: 3 requests at load 1, stretched 10x
-            runtime._observe_device_ms(low, 10.0 * profiled[low] * 4.0)  # 4x its profile
-        assert runtime.profiles[low].head_ms == pytest.approx(4.0 * profiled[low])
-        assert runtime.profiles[high].head_ms == profiled[high]  # slower than profiled: not scaled up
-        planned = {p.id: p.head_ms for p in runtime.selector.candidates}  # what the selector plans with
-        assert planned[low] == pytest.approx(4.0 * profiled[low])
+            runtime._observe_device_ms(low, 10.0 * device[low] * 4.0)  # 4x its profile
+        assert runtime.profiles[low].head_ms == pytest.approx(4.0 * device[low])
+        assert runtime.profiles[low].encode_ms == 0.0  # measured with the head
+        assert (runtime.profiles[high].head_ms, runtime.profiles[high].encode_ms) == (
+            head[high], encode[high])  # slower than profiled: not scaled up
+        planned = {p.id: p for p in runtime.selector.candidates}  # what the selector plans with
+        assert (planned[low].head_ms, planned[low].encode_ms) == (pytest.approx(4.0 * device[low]), 0.0)
         for _ in range(3):  # a head faster than its profile scales the unmeasured ones down
-            runtime._observe_device_ms("local", 10.0 * profiled["local"] * 0.01)
-        scale = float(np.median([4.0, 0.01]))
-        assert runtime.profiles["local"].head_ms == pytest.approx(0.01 * profiled["local"])
-        assert runtime.profiles[high].head_ms == pytest.approx(min(1.0, scale) * profiled[high])
+            runtime._observe_device_ms("local", 10.0 * device["local"] * 0.01)
+        scale = min(1.0, float(np.median([4.0, 0.01])))
+        assert runtime.profiles["local"].head_ms == pytest.approx(0.01 * device["local"])
+        assert runtime.profiles[high].head_ms == pytest.approx(scale * head[high])
+        assert runtime.profiles[high].encode_ms == pytest.approx(scale * encode[high])
 
 
 class _SentLongAgo:

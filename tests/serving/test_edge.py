@@ -267,6 +267,25 @@ def test_health_metadata_and_metrics(client, bundle, wire_id, requests_by_varian
     assert f'splitpack_edge_info{{wire_bundle_id="{wire_id}"' in text
 
 
+def test_a_probe_is_read_and_dropped_after_the_checks_of_an_infer(client) -> None:
+    """``POST /v1/probe``: what a device answering locally times to learn its uplink."""
+    answer = client.post("/v1/probe", content=bytes(700), headers=AUTH)
+    assert (answer.status_code, answer.content) == (204, b"")
+    assert answer.headers["x-splitpack-probe-bytes"] == "700"
+    refused = {
+        "no token": (401, "authorization", {"content-type": "application/octet-stream"}, b"x"),
+        "json": (415, "content-type", {**AUTH, "content-type": "application/json"}, b"x"),
+        "empty": (400, "body", AUTH, b""),
+        "too large": (413, "content-length", AUTH,
+                      bytes(client.app.state.edge.max_body_bytes + 1)),
+    }
+    for name, (status, field, headers, body) in refused.items():
+        answer = client.post("/v1/probe", content=body, headers=headers)
+        assert answer.status_code == status, name
+        assert answer.json()["error"].startswith(field), (name, answer.json())
+    assert client.get("/v1/probe").status_code == 405
+
+
 def test_server_settings_are_checked(bundle) -> None:
     with pytest.raises(InvalidConfigError, match="max_inflight: found 0"):
         EdgeServer(bundle, max_inflight=0)

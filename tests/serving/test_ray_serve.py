@@ -165,6 +165,9 @@ def test_ray_answers_every_request_as_the_local_edge_does(bundle, wire_id, ray_u
         assert remote.get("/v1/infer").status_code == 405
         assert remote.post("/v2/infer", content=b"x").status_code == 404
         assert remote.get("/health").json() == local.get("/health").json()
+        probe = remote.post("/v1/probe", content=bytes(100),
+                            headers={"content-type": "application/octet-stream"})
+        assert (probe.status_code, probe.headers["x-splitpack-probe-bytes"]) == (204, "100")
 
 
 def test_metrics_and_metadata_count_every_replica(bundle, wire_id, ray_url) -> None:
