@@ -221,8 +221,8 @@ def test_local_answer_overhead_compares_the_runtime_with_the_fixed_local_method(
                    check=True, cwd=ROOT, timeout=300)
     result = json.loads(out.read_text())
     assert result["answered_locally"]["fixed"] == 8
-    assert 1 <= result["answered_locally"]["runtime"] <= 8  # explorations are left out
-    assert result["explorations"] == 0 and result["uplink_probes"] >= 0  # probes, the default
+    assert 1 <= result["answered_locally"]["runtime"] <= 8
+    assert result["explorations"] == 0  # probes, the default, instead
     medians = result["median_latency_ms"]
     assert result["beyond_fixed_us"] == pytest.approx(
         (medians["runtime"] - medians["fixed"]) * 1e3, abs=0.2)

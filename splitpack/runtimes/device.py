@@ -34,17 +34,20 @@ runtime is built, so switching variant is a dict lookup. Per request the runtime
 
 Uplink probes. A runtime that answers locally learns nothing of its uplink from its requests,
 so while it prefers ``local`` with the edge up, a local answer sends an uplink probe beside it
-(one in flight at most): as many bytes as the remote plan it ranks best would send, dropped by
-the edge. At most one per ``UPLINK_PROBE_GAP_S`` while that plan is within ``PROBE_NEAR`` x
-the local one's (a link that gets a little better or worse changes the choice), one per
-``PROBE_FAR_GAP_S`` while it is further. The device does not wait for it:
+(one in flight at most): as many bytes as the remote plan of least latency would send,
+dropped by the edge. At most one per ``UPLINK_PROBE_GAP_S`` while that plan is within
+``PROBE_NEAR`` x the local one's (a link that gets a little better or worse changes the
+choice), one per ``PROBE_FAR_GAP_S`` while it is further (it was 1 s; a sweep of both
+benchmark bundles with 0.25 s met the marks no less often, see benchmarks/README.md). The
+device does not wait for it:
 over an emulated ``link`` its bytes are handed to the link, and the next request takes in
 their time there once they have gone out (until then it answers locally: an upload would queue
 behind them); without one a worker thread POSTs them to ``/v1/probe`` and times the exchange
-less ``rtt_ms``. So the transfer estimate follows the link at the request pace while the device
+less ``rtt_ms`` (requests stay local until it is back; the client's first exchange, which
+opens its connection, is not counted). So the transfer estimate follows the link at the request pace while the device
 computes locally, for no device time (``stats["uplink_probes"]``,
 ``stats["uplink_probe_bytes"]``: the price is those bytes on the radio). Against an edge that
-does not answer probes (404), or with ``uplink_probes=False``, the runtime explores instead.
+has no probe route (404 or 405), or with ``uplink_probes=False``, the runtime explores instead.
 
 Explorations (without probes). The selector can only learn the uplink from remote requests, so
 while it prefers ``local`` with the edge up, one request per exploration interval is sent with
@@ -156,7 +159,7 @@ MAX_EXPLORE_BACKOFF = 2  # explorations: at least once per 2 x probe_interval_s
 # PROBE_NEAR x the local plan; one per PROBE_FAR_GAP_S while it is further (see the docstring).
 UPLINK_PROBE_GAP_S = 0.05
 PROBE_NEAR = 1.5
-PROBE_FAR_GAP_S = 1.0
+PROBE_FAR_GAP_S = 0.25
 # Requests of a variant that set its unloaded reference (see _observe_device_ms).
 REFERENCE_REQUESTS = 3  # odd: its median is its middle value
 REFERENCE_SLACK = 0.02  # a reference is lowered only when a variant runs this much faster
@@ -353,6 +356,7 @@ class DeviceRuntime:
         self._probe_link_s = 0.0  # ... and over an emulated link, its time on the link
         self._probe_future: Future | None = None  # ... or its HTTP exchange, without one
         self._probe_pool: ThreadPoolExecutor | None = None
+        self._probe_connected = False  # the probe client's connection is open
         # the last selection's best remote plan: its payload size (0: none) and how often
         self._probe_sent, self._probe_size, self._probe_gap_s = -math.inf, 0, UPLINK_PROBE_GAP_S
         self.current_variant = self.selector.select(self.conditions()).id
@@ -515,33 +519,43 @@ class DeviceRuntime:
 
     def _http_probe(self, nbytes: int) -> float | None:
         """POST ``nbytes`` to ``/v1/probe`` (in the worker thread): the uplink's seconds (the
-        exchange less ``rtt_ms``), NaN when it failed (nothing learnt: the next remote request
-        finds out whether the edge is down; or the edge was busy), None when the edge does not
-        answer probes with 204 (an edge of an older protocol: the runtime explores instead)."""
+        exchange less ``rtt_ms``); NaN when nothing was learnt (a connection error: the next
+        remote request finds out whether the edge is down; a refusal such as 503 or one of a
+        proxy; the probe client's first exchange, which opens its connection); None when the
+        edge has no such route (404 or 405: an edge of an older protocol, so the runtime
+        explores instead)."""
+        first, self._probe_connected = not self._probe_connected, True
         started = time.perf_counter()
         try:
             response = self._probe_client.post("/v1/probe", content=bytes(nbytes),
                                                headers={"content-type": _OCTET_STREAM})
         except httpx.HTTPError:
+            self._probe_connected = False
             return math.nan
         seconds = time.perf_counter() - started
-        if response.status_code == 503:  # busy: try again later
-            return math.nan
-        if response.status_code != 204:
+        if response.status_code in (404, 405):
             return None
+        if response.status_code != 204 or first:
+            return math.nan
         return max(0.0, seconds - self.rtt_ms / 1e3)
 
     def _take_probe(self) -> bool:
-        """Take in the probe in flight if it is back; returns False while, over an emulated
-        link, its bytes still wait there (an upload now would queue behind them)."""
+        """Take in the probe in flight if it is back; returns False while it is not (over an
+        emulated link its bytes still wait there, without one its POST is on the uplink: an
+        upload now would share the link with it, and both times would be off)."""
         if self.link is not None:
             if self.link.pending():
                 return False
             seconds: float | None = self._probe_link_s
         else:
-            if self._probe_future is None or not self._probe_future.done():
-                return True  # the request is not held up for it
-            seconds, self._probe_future = self._probe_future.result(), None
+            future = self._probe_future
+            if future is not None and not future.done():
+                return False
+            self._probe_future = None
+            try:
+                seconds = math.nan if future is None else future.result()
+            except Exception:  # the worker failed: nothing learnt, and nothing left stuck
+                seconds = math.nan
         nbytes, self._probe_bytes = self._probe_bytes, 0
         if seconds is None:
             self.uplink_probes = False

@@ -21,8 +21,9 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
 * ``POST /v1/probe`` — body: any bytes (octet-stream, as large as the largest payload at
   most), read and dropped: 204 with ``X-Splitpack-Probe-Bytes`` (how many arrived). A device
   answering locally times it to learn its uplink without running a head (see
-  :class:`~splitpack.runtimes.device.DeviceRuntime`). The same checks as ``/v1/infer`` up to
-  the body (401, 415, 413, 400 ``body``: empty); no wire header is read.
+  :class:`~splitpack.runtimes.device.DeviceRuntime`). The token, content type and size checks
+  of ``/v1/infer`` (401, 415, 413, 400 ``body``: empty), not its in-flight limit (a probe runs
+  no tail); no wire header is read.
 * ``GET /health`` — ``{"status": "ok", "wire_bundle_id": ...}``; never needs the token.
 * ``GET /metadata`` — bundle ids, provider, limits, queue depth, the emulated load (``load``:
   its trace file, trace time and slowdown now; null without one), and per served variant its

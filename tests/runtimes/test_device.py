@@ -21,7 +21,7 @@ from splitpack.errors import InvalidConfigError, InvalidInputError
 from splitpack.formats import read_samples
 from splitpack.formats.variants import normalize_uint8
 from splitpack.formats.wire import decode_payload
-from splitpack.runtimes.device import DeviceRuntime
+from splitpack.runtimes.device import PROBE_FAR_GAP_S, DeviceRuntime
 from splitpack.runtimes.load import EmulatedLoad, LoadSchedule, constant_load
 from splitpack.runtimes.netem import ShapedLink, constant_trace, from_mbps
 from splitpack.serving.edge import create_app
@@ -178,6 +178,8 @@ class FlakyEdge:
             return httpx.Response(503, json={"error": "server busy: 8 requests in flight"})
         if self.failure == "noprobe" and request.url.path == "/v1/probe":  # an older edge
             return httpx.Response(404, json={"error": "path: '/v1/probe' is not served"})
+        if self.failure == "probe-refused" and request.url.path == "/v1/probe":  # a proxy's
+            return httpx.Response(502, json={"error": "bad gateway"})
         if self.failure == "garbage" and request.url.path == "/v1/infer":
             return httpx.Response(200, content=b"SPLT garbage")
         self.bodies.append(request.content)
@@ -341,10 +343,11 @@ def test_without_a_link_the_probes_go_to_the_edge(bundle, app, samples) -> None:
                    key=lambda p: runtime.plans_ms()[p.id])
         assert probe == bytes(len(probe)) and len(probe) == best.payload_bytes
         for step in range(1, 6):  # each takes the last probe in; the loopback edge is fast
-            clock.now += 0.1
+            clock.now += PROBE_FAR_GAP_S  # at most one probe per that, far from local
             if runtime.infer(inputs[step]).mode != "local":
                 break
-            assert runtime.estimator.fit().samples == step
+            # the first exchange opened the probe client's connection: not counted
+            assert runtime.estimator.fit().samples == step - 1
             runtime._probe_future.result(timeout=30)
         else:
             pytest.fail("five probes of a loopback edge did not make a remote plan the best")
@@ -364,6 +367,32 @@ def test_an_edge_that_does_not_answer_probes_is_explored_instead(bundle, app, sa
         clock.now += 1.0
         assert runtime.infer(inputs[2]).mode != "local"  # an exploration, as before probes
         assert runtime.stats["explorations"] == 1 and runtime.stats["uplink_probes"] == 1
+
+
+def test_a_refused_probe_teaches_nothing_and_probes_go_on(bundle, app, samples) -> None:
+    """A probe refused by something other than a missing route (a proxy's 502 here) and a
+    worker that failed are nothing learnt, not the end of probing, and leave nothing stuck."""
+    inputs, _ = samples
+    edge, clock = FlakyEdge(app), FakeClock()
+    edge.failure = "probe-refused"
+    with _runtime(bundle, edge, clock, initial_uplink_mbps=0.001) as runtime:
+        for step in range(3):
+            assert runtime.infer(inputs[step]).mode == "local"
+            runtime._probe_future.result(timeout=30)
+            clock.now += PROBE_FAR_GAP_S
+        assert runtime.uplink_probes and runtime.stats["uplink_probes"] == 3
+        assert runtime.estimator.fit().samples == 0
+
+        def broken(nbytes: int) -> float:
+            raise RuntimeError("the worker failed")
+
+        runtime._http_probe = broken
+        assert runtime.infer(inputs[3]).mode == "local"  # takes the third in, sends a fourth
+        with pytest.raises(RuntimeError):
+            runtime._probe_future.result(timeout=30)
+        clock.now += PROBE_FAR_GAP_S
+        assert runtime.infer(inputs[4]).mode == "local" and runtime._probe_future is not None
+        assert runtime.stats["uplink_probes"] == 5 and runtime.estimator.fit().samples == 0
 
 
 def test_explorations_back_off_while_the_edge_stays_worse(bundle, app, samples) -> None:
