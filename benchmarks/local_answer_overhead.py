@@ -9,8 +9,8 @@ load, the heads' references, the plan corrections). Issue 15 asks for an adaptiv
 Starts the bundle's edge server on loopback, builds a :class:`DeviceRuntime` over a constant
 0.02 Mbit/s emulated uplink (so it prefers ``local``; the local answers that send an uplink
 probe beside them count, as their cost is the runtime's; an exploration, which a runtime
-with probes does not make, would be left out) and the benchmark's fixed ``local`` method (``splitpack.bench.runtime``), both on one
-emulated device, and interleaves their requests, ``--pause`` s apart, in an order that
+with probes does not make, would be left out) and the benchmark's fixed ``local`` method
+(``splitpack.bench.runtime``), both on one emulated device, and interleaves their requests, ``--pause`` s apart, in an order that
 alternates. Writes the medians and their difference to ``--out`` (JSON).
 
 Usage::

@@ -39,23 +39,23 @@ dropped by the edge. At most one per ``UPLINK_PROBE_GAP_S`` while that plan is w
 ``PROBE_NEAR`` x the local one's (a link that gets a little better or worse changes the
 choice), one per ``PROBE_FAR_GAP_S`` while it is further (it was 1 s; a sweep of both
 benchmark bundles with 0.25 s met the marks no less often, see benchmarks/README.md). The
-device does not wait for it:
-over an emulated ``link`` its bytes are handed to the link, and the next request takes in
-their time there once they have gone out (until then it answers locally: an upload would queue
-behind them); without one a worker thread POSTs them to ``/v1/probe`` and times the exchange
+device does not wait for it: over an emulated ``link`` its bytes are handed to the link, and
+the next request takes in their time there once they have gone out (until then it answers
+locally: an upload would queue behind them); without one a worker thread POSTs them to ``/v1/probe`` and times the exchange
 less ``rtt_ms`` (requests stay local until it is back; the client's first exchange, which
-opens its connection, is not counted). So the transfer estimate follows the link at the request pace while the device
-computes locally, for no device time (``stats["uplink_probes"]``,
-``stats["uplink_probe_bytes"]``: the price is those bytes on the radio). Against an edge that
-has no probe route (404 or 405), or with ``uplink_probes=False``, the runtime explores instead.
+opens its connection, is not counted). So the transfer estimate follows the link at the
+request pace while the device computes locally, for no device time
+(``stats["uplink_probes"]``, ``stats["uplink_probe_bytes"]``: the price is those bytes on the
+radio). Against an edge that has no probe route (404 or 405), or with ``uplink_probes=False``,
+the runtime explores instead.
 
 Explorations (without probes). The selector can only learn the uplink from remote requests, so
 while it prefers ``local`` with the edge up, one request per exploration interval is sent with
 the best remote variant instead (``stats["explorations"]``): otherwise a runtime that once
-chose ``local`` on a bad link would never notice that the link recovered. The interval starts at ``probe_interval_s`` and doubles
-after each exploration that leaves ``local`` preferred, up to ``MAX_EXPLORE_BACKOFF`` times
-``probe_interval_s``; it is back at ``probe_interval_s`` as soon as a remote variant is chosen.
-Each exploration is a request answered late when the edge is the worse choice, so a link that
+chose ``local`` on a bad link would never notice that the link recovered. The interval
+starts at ``probe_interval_s`` and doubles after each exploration that leaves ``local``
+preferred, up to ``MAX_EXPLORE_BACKOFF`` times ``probe_interval_s``; it is back at
+``probe_interval_s`` as soon as a remote variant is chosen. Each exploration is a request answered late when the edge is the worse choice, so a link that
 stays bad is explored less often (but never less than once per 2 intervals). The cap was 8
 intervals; in the demo's schedule (``splitpack demo``: 20, 2, 0.3, 5 Mbit/s for 10 s each, a
 device 30x slower than this host) the runtime then answered locally for 7.5 s of the 5 Mbit/s
@@ -458,7 +458,8 @@ class DeviceRuntime:
             if self.link is not None and self.link.pending():
                 return self.local_id, False
             # The given-up bytes are out: what the runtime knew of the link predates that, so
-            # a runtime that now prefers local explores at once.
+            # a runtime that now prefers local explores at once (one with probes keeps their
+            # gap, at most PROBE_FAR_GAP_S).
             self._stalled, self._last_sample = False, -math.inf
         conditions = self._conditions = self.conditions()
         offsets = self.plan_offsets_ms
@@ -469,8 +470,8 @@ class DeviceRuntime:
             remote = self.selector.last_best_remote()
             self._probe_size = 0 if remote is None else max(1, int(remote[0].payload_bytes))
             if remote is not None:
-                self._probe_gap_s = (UPLINK_PROBE_GAP_S if remote[1] < PROBE_NEAR * plan.latency_ms
-                                     else PROBE_FAR_GAP_S)
+                near = remote[1] < PROBE_NEAR * plan.latency_ms
+                self._probe_gap_s = UPLINK_PROBE_GAP_S if near else PROBE_FAR_GAP_S
         if plan.profile.kind != "local":
             self.explore_interval_s = self.probe_interval_s
         elif self._just_explored:  # the last exploration left local preferred: back off

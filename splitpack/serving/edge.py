@@ -33,8 +33,9 @@ Protocol (all bodies of errors are JSON ``{"error": reason}``, the reason naming
 
 ``/v1/probe``, ``/metadata`` and ``/metrics`` need the token when one is set. Tails run in a
 thread pool so that the event loop keeps answering (and refusing) while they compute; so do the
-decoders of entropy-coded codes and images. Entropy tables are loaded with the tails, at start-up, and a
-missing, corrupted or mismatched tables file stops the edge there, naming the file.
+decoders of entropy-coded codes and images. Entropy tables are loaded with the tails, at
+start-up, and a missing, corrupted or mismatched tables file stops the edge there, naming the
+file.
 
 The protocol lives in :func:`handle_request` (and the per-path functions it calls), over an
 :class:`EdgeServer` and a Starlette request: :func:`create_app` routes to them, and so does the
