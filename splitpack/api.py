@@ -53,7 +53,7 @@ def compile(model: Any = None, data: Any = None, out: str | os.PathLike[str] | N
             loggers either way).
         **settings: The options of ``splitpack compile`` by their names: ``variants``,
             ``max_accuracy_drop``, ``bandwidth`` (``"0.5:100"``), ``device_slowdown``,
-            ``tflite``, ``budget``, ``epochs``, ``final_epochs``, ``samples``, ``seed``,
+            ``tflite``, ``budget``, ``sample_seconds``, ``epochs``, ``final_epochs``, ``samples``, ``seed``,
             ``weights``, ``input_shape`` (``"1x3x32x32"`` or a tuple), ``image_size``,
             ``mean``, ``std``, ``train_limit``, ``test_limit``.
 

@@ -1,7 +1,8 @@
 """Replay sampling and prediction against a measured grid (``splitpack bench predictor``).
 
 Each method may "train" cells of the grid up to a budget; a trained cell costs exactly its
-recorded ``train_examples``. Methods: the transferred predictor (``predictors.sampling``), and
+recorded ``train_examples`` (and, for the time limit the compile's sampling keeps and the
+seconds column, its recorded ``train_seconds``). Methods: the transferred predictor (``predictors.sampling``), and
 at the same budget per-cut binary search for the knee, uniform random sampling with one global
 model, and per-cut fitting without transfer. Every method is scored on the cells it did not
 train: error of predicted accuracy, knee error in grid steps, and the accuracy lost by
@@ -20,7 +21,7 @@ from splitpack.errors import InvalidConfigError
 from splitpack.formats.variants import VariantProfile
 from splitpack.planning.latency import Conditions, plan_latency_ms
 from splitpack.predictors.accuracy import CellFeatures, fit_predictor, knee_ratio
-from splitpack.predictors.sampling import sample_and_fit
+from splitpack.predictors.sampling import DEFAULT_SAMPLE_SECONDS, TrainingCost, sample_and_fit, training_work
 
 __all__ = ["validate_grid", "replay_grid", "bitpacked_cells", "learned_cells", "cell_cost", "LatencySetting"]
 
@@ -148,6 +149,7 @@ def _score(grid: dict, name: str, predicted: dict[Key, float], trained: set[Key]
         "method": name,
         "trained_cells": len(trained),
         "cost_examples": cost,
+        "cost_seconds": float(sum(c.get("train_seconds", 0.0) for c in cells if (c["cut"], c["codec"]) in trained)),
         "scored_cells": len(scored),
         "mae": float(np.mean(errors)),
         "max_error": float(np.max(errors)),
@@ -213,8 +215,14 @@ def bitpacked_cells(grid: dict) -> list[dict]:
 
 
 def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: float = 1.0, seed: int = 0,
-                setting: LatencySetting | None = None) -> dict:
+                setting: LatencySetting | None = None, seconds: float | None = DEFAULT_SAMPLE_SECONDS) -> dict:
     """Run every method at ``budget`` cells against ``grid`` and score them.
+
+    The transferred predictor samples as the compile does: at most ``budget`` cells and
+    ``seconds`` of training (None: no limit), each cell charged its recorded ``train_seconds``
+    and estimated beforehand from the work of its cut (``predictors.sampling.training_work``:
+    the grid's ``tail_flops`` and cut size). The baselines get as many cells as the transferred
+    predictor's examples pay for, whatever their seconds.
 
     Returns:
         The pred.json document (the transferred predictor's scores at the top level, the
@@ -236,7 +244,20 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
         used.append(by_features[features])
         return by_features[features]["accuracy"]
 
-    result = sample_and_fit(list(by_features), budget, lookup, baseline, tolerance=tolerance)
+    cut_records = {c["label"]: c for c in grid.get("cuts", [])}
+    cost = None
+    if seconds is not None:
+        missing = sorted({c["cut"] for c in cells if c["cut"] not in cut_records or "tail_flops" not in cut_records[c["cut"]]}
+                         | {c["cut"] for c in cells if "train_seconds" not in c})
+        if missing:
+            raise InvalidConfigError(
+                f"grid cuts {missing} have no tail_flops or cells without train_seconds, which a replay in seconds "
+                "needs; measure the grid again with this splitpack, or replay with --sample-seconds 0 (cells only)")
+        cost = TrainingCost(
+            work=lambda f: training_work(cut_records[f.cut]["tail_flops"], cut_records[f.cut]["bytes_per_sample"] / 4),
+            seconds=lambda f: by_features[f]["train_seconds"])
+    result = sample_and_fit(list(by_features), budget, lookup, baseline, tolerance=tolerance, cost=cost,
+                            seconds=seconds)
     predictions = result.predictor.predict(list(by_features))
     predicted = _with_measured({(c["cut"], c["codec"]): p.accuracy for c, p in zip(by_features.values(), predictions)}, used)
     stds = {(c["cut"], c["codec"]): 0.0 if c in used else p.std for c, p in zip(by_features.values(), predictions)}
@@ -293,12 +314,17 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
 
     space_cells = int(grid["space"]["cells"])
     whole_cost = space_cells * mean_learned_cost
+    mean_learned_seconds = float(np.mean([c.get("train_seconds", 0.0) for c in learned]))
+    transfer_seconds = report["cost_seconds"]
     grid_cost = float(sum(cell_cost(c, grid) for c in cells))
     return {
         **report,
         "budget_cells": budget,
         "cost_ratio": whole_cost / cost,
         "cost_ratio_grid": grid_cost / cost,
+        "sample_seconds_limit": seconds,
+        "sampling_stopped": result.stopped,
+        "cost_ratio_seconds": space_cells * mean_learned_seconds / transfer_seconds if transfer_seconds else None,
         "cost_examples_free_signals": float(sum(cell_cost(c, grid) for c in used if c.get("method") == "calibrated")),
         "free_signal_cells": len(result.free),
         "space_cells": space_cells,

@@ -14,6 +14,7 @@ from splitpack.cli.common import (
     add_data_args, add_model_args, format_table, load_with_data, require_plotting,
 )
 from splitpack.errors import InvalidConfigError
+from splitpack.predictors import DEFAULT_SAMPLE_SECONDS
 from splitpack.serving import ENGINES
 
 __all__ = ["add_bench_commands"]
@@ -49,6 +50,9 @@ def add_bench_commands(commands) -> None:
     predictor = bench.add_parser("predictor", help="replay sampling and prediction against a measured grid")
     predictor.add_argument("--grid", required=True, help="grid JSON from `splitpack bench grid`")
     predictor.add_argument("--budget", type=int, default=20, help="cells the predictor may train (default 20, as compile)")
+    predictor.add_argument("--sample-seconds", type=float, default=DEFAULT_SAMPLE_SECONDS,
+                           help="training seconds the predictor's sampling may spend, by the cells' recorded "
+                                f"train_seconds (default {DEFAULT_SAMPLE_SECONDS:g}, as compile; 0: cells only)")
     predictor.add_argument("--tolerance", type=float, default=1.0, help="accuracy drop (points) that defines the knee")
     predictor.add_argument("--max-accuracy-drop", type=float, default=1.0, help="planning floor below the baseline")
     predictor.add_argument("--device-gflops", type=float, default=2.0,
@@ -192,22 +196,32 @@ def _cmd_bench_predictor(args) -> int:
         raise InvalidConfigError(f"--device-slowdowns {args.device_slowdowns!r} is malformed; "
                                  "write positive numbers joined by commas, e.g. 1,3,10,30,100")
     setting = LatencySetting(args.device_gflops, args.edge_gflops, args.rtt_ms, slowdowns)
+    if args.sample_seconds < 0:
+        raise InvalidConfigError(f"--sample-seconds {args.sample_seconds:g} is negative; allowed: 0 (cells only) "
+                                 "or more")
     report = replay_grid(grid, args.budget, tolerance=args.tolerance, max_drop=args.max_accuracy_drop,
-                         setting=setting)
+                         setting=setting, seconds=args.sample_seconds or None)
     report["grid"] = str(path)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     if args.plot:
         plot_predictor(report, Path(args.plot))
-    rows = [[r["method"], r["trained_cells"], r["cost_examples"], r["mae"], r["mae_near_floor"], r["max_error"],
-             r["knee_error_steps_max"], r["plan_accuracy_loss_max"]] for r in [report] + report["baselines"]]
-    print(format_table(["method", "cells measured", "cost (examples)", "MAE (pts)", "MAE near floor", "max error",
-                        "knee error (steps, max)", "plan loss max (pts)"], rows))
+    rows = [[r["method"], r["trained_cells"], r["cost_examples"], r["cost_seconds"], r["mae"], r["mae_near_floor"],
+             r["max_error"], r["knee_error_steps_max"], r["plan_accuracy_loss_max"]]
+            for r in [report] + report["baselines"]]
+    print(format_table(["method", "cells measured", "cost (examples)", "cost (s)", "MAE (pts)", "MAE near floor",
+                        "max error", "knee error (steps, max)", "plan loss max (pts)"], rows))
     print(f"transfer: {report['free_signal_cells']} of its cells are calibrated (evaluation only); "
           f"{report['within_one_sigma']:.0%} of the scored cells within +-1 sigma")
     print(f"cost ratio {report['cost_ratio']:.1f}x against the whole space ({report['space_cost_note']}), "
-          f"{report['cost_ratio_grid']:.1f}x against the measured grid; wrote {out}")
+          f"{report['cost_ratio_grid']:.1f}x against the measured grid")
+    limit = report["sample_seconds_limit"]
+    ratio = report["cost_ratio_seconds"]
+    print(f"transfer sampled for {report['cost_seconds']:.0f} s of training (limit "
+          f"{'none' if limit is None else f'{limit:g} s'}, stopped by {report['sampling_stopped']}): "
+          f"{'-' if ratio is None else f'{ratio:.1f}x'} less than the whole space at the mean learned cell's "
+          f"seconds; the baselines get as many cells as its examples pay for; wrote {out}")
     return 0
 
 

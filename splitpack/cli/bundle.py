@@ -21,6 +21,7 @@ def _cmd_compile(args) -> int:
         "train_limit": args.train_limit, "test_limit": args.test_limit, "variants": args.variants,
         "max_accuracy_drop": args.max_accuracy_drop, "bandwidth": args.bandwidth,
         "device_slowdown": args.device_slowdown, "tflite": args.tflite, "budget": args.budget,
+        "sample_seconds": args.sample_seconds,
         "epochs": args.epochs, "final_epochs": args.final_epochs, "samples": args.samples, "seed": args.seed,
     }
     result = run_compile(args.model, args.data, Path(args.out), config=args.config,
@@ -95,7 +96,10 @@ def add_bundle_commands(commands) -> None:
     compile_.add_argument("--device-slowdown", type=float, help="the device is F times slower than this host")
     compile_.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=None,
                           help="also emit TFLite heads (default on)")
-    compile_.add_argument("--budget", type=int, help="cells trained for the predictor (default 20)")
+    compile_.add_argument("--budget", type=int, help="cells trained for the predictor, at most (default 20)")
+    compile_.add_argument("--sample-seconds", type=float,
+                          help="training seconds those cells may take, at most (default 480): cells differ "
+                               "by 50x in cost, the tail behind them trains with them")
     compile_.add_argument("--epochs", type=int, help="epochs per sampled cell (default 3)")
     compile_.add_argument("--final-epochs", type=int, help="epochs per bundled variant (default 3, as the sampled cells)")
     compile_.add_argument("--samples", type=int, help="sample inputs embedded for verify (default 32)")

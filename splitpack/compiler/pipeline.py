@@ -53,7 +53,7 @@ from splitpack.formats.variants import split_variant_id
 from splitpack.planning.selector import Constraints
 from splitpack.planning.variant_set import OperatingRange
 from splitpack.predictors.accuracy import CellFeatures
-from splitpack.predictors.sampling import SamplingResult, sample_and_fit
+from splitpack.predictors.sampling import SamplingResult, TrainingCost, sample_and_fit, training_work
 from splitpack.quiet import forward_messages
 
 __all__ = ["compile_bundle", "CompileResult", "UPLOAD_SAMPLES", "load_inputs", "find_model_cuts",
@@ -126,14 +126,16 @@ class _Trainer:
                 cell = json.loads(sampled.with_suffix(".json").read_text())
                 _LOG.info(f"    {cut.label} {codec}: {cell['accuracy']:.2f}% (trained while sampling, same settings)")
                 return cell
+            start = time.perf_counter()
             features, tail_module = self._cut_state(cut)
             (cell,), _, (head, tail) = measure_cell(self.model, features, codec, self.dataset, epochs=epochs,
                                                      seed=self.settings.seed, progress=True, tail_module=tail_module)
             onnx.save(head, str(self.work.path(folder, key, "head.onnx")))
             onnx.save(tail, str(self.work.path(folder, key, "tail.onnx")))
+            wall = time.perf_counter() - start  # the cut's features (first at a cut), training, evaluation
             _LOG.info(f"    {cut.label} {codec}: {cell.compression_ratio:.0f}x, {cell.accuracy:.2f}% "
-                     f"({cell.train_seconds:.1f} s)")
-            return asdict(cell)
+                     f"({cell.train_seconds:.1f} s training, {wall:.1f} s in all)")
+            return {**asdict(cell), "wall_seconds": wall}
 
         return self.work.json(f"{folder}/{key}", compute)
 
@@ -178,16 +180,33 @@ def profile_cuts(work: _Work, model: onnx.ModelProto, input_shape: tuple[int, ..
 
 def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[CellFeatures],
                  baseline: float) -> SamplingResult:
-    """Train ``settings.budget`` cells where they teach the predictor most, and fit it."""
+    """Train up to ``settings.budget`` cells in up to ``settings.sample_seconds`` where they teach
+    the predictor most, and fit it. A cell is charged the seconds it took here, the head's
+    features at its cut (when first there) and its evaluation included (``wall_seconds`` in its
+    record, read back from the work folder on a second run, so that it samples the same cells),
+    and estimated beforehand from its cut's work (``predictors.sampling.training_work``)."""
     if settings.budget > len(candidates):
         raise InvalidConfigError(
             f"budget {settings.budget} is larger than the {len(candidates)} cells the compiler considers "
             f"for this model (every cut x its codec space); allowed: 1..{len(candidates)}: lower --budget")
 
-    def measured(cell: CellFeatures) -> float:
-        return trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)["accuracy"]
+    def record(cell: CellFeatures) -> dict:
+        return trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)
 
-    return sample_and_fit(candidates, settings.budget, measured, baseline, tolerance=settings.max_accuracy_drop)
+    def work(cell: CellFeatures) -> float:
+        cut = trainer.cuts[cell.cut]
+        return training_work(cut.tail_flops, cut.bytes_per_sample / 4)
+
+    def took(cell: CellFeatures) -> float:  # the cell's whole time here, its evaluation included
+        done = record(cell)
+        return float(done.get("wall_seconds", done["train_seconds"]))
+
+    result = sample_and_fit(candidates, settings.budget, lambda cell: record(cell)["accuracy"], baseline,
+                            tolerance=settings.max_accuracy_drop, cost=TrainingCost(work, took),
+                            seconds=settings.sample_seconds)
+    _LOG.info(f"    sampled {len(result.order)} cells in {result.seconds:.0f} s of training "
+              f"(limits {settings.budget} cells, {settings.sample_seconds:g} s; stopped by {result.stopped})")
+    return result
 
 
 # The code that turns trained cells into a selection: a cached selection made by other code is
@@ -317,7 +336,8 @@ def _compile(settings: CompileSettings, out: Path) -> CompileResult:
 
     trainer = _Trainer(model, cuts, dataset, work, settings)
     candidates = [cell_features(cut, codec) for cut in cuts.values() for codec in codec_space(cut.shape)]
-    sampling = steps.run(f"sample and train {settings.budget} of {len(candidates)} cells",
+    sampling = steps.run(f"sample and train up to {settings.budget} of {len(candidates)} cells "
+                         f"in {settings.sample_seconds:g} s", 
                          sample_cells, settings, trainer, candidates, baseline)
     work.path("predictor.json").write_text(sampling.predictor.to_json())
     selection = steps.run(f"select {settings.variants} variants and train them", select_and_train,

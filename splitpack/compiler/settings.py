@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from splitpack.errors import InvalidConfigError
+from splitpack.predictors import DEFAULT_SAMPLE_SECONDS
 
 __all__ = ["CompileSettings", "load_settings", "parse_bandwidth"]
 
@@ -53,6 +54,7 @@ class CompileSettings(BaseModel):
     device_slowdown: float = Field(default=1.0, gt=0)
     tflite: bool = True
     budget: int = Field(default=20, ge=1)
+    sample_seconds: float = Field(default=DEFAULT_SAMPLE_SECONDS, gt=0)
     epochs: int = Field(default=3, ge=1)
     final_epochs: int = Field(default=3, ge=1)
     samples: int = Field(default=32, ge=1, le=1024)

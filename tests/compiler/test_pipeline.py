@@ -260,6 +260,7 @@ def test_verify_cli_writes_nothing_to_stderr(compiled):
         ('model = "m.py:f"\nvariants = 9\n', r"variants: Input should be less than or equal to 5"),
         ('model = "m.py:f"\nbandwidth = "100:1"\n', r"bandwidth range '100:1' is malformed"),
         ('model = "m.py:f"\nbudget = 0\n', r"budget"),
+        ('model = "m.py:f"\nsample_seconds = 0\n', r"sample_seconds: Input should be greater than 0"),
         ("model = ", r"not valid TOML"),
     ],
 )
@@ -359,7 +360,7 @@ def test_a_budget_larger_than_the_space_is_refused_before_training(compiled, use
     from splitpack.compiler.pipeline import compile_bundle
 
     out = _work_copy(compiled, user_project, "budget")
-    with pytest.raises(InvalidConfigError, match=r"compile step 'sample and train 100000 of \d+ cells'.*"
+    with pytest.raises(InvalidConfigError, match=r"compile step 'sample and train up to 100000 of \d+ cells in 480 s'.*"
                                                  r"budget 100000 is larger than the \d+ cells .* allowed: 1\.\.\d+"):
         compile_bundle(_settings_for(user_project, budget=100_000), out, log=lambda line: None)
     assert not out.exists()  # nothing written where the bundle goes

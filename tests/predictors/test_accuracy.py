@@ -11,7 +11,7 @@ import pytest
 from splitpack.bench.replay import replay_grid, validate_grid
 from splitpack.errors import InvalidConfigError
 from splitpack.predictors.accuracy import AccuracyPredictor, CellFeatures, fit_predictor, knee_ratio
-from splitpack.predictors.sampling import sample_and_fit
+from splitpack.predictors.sampling import TrainingCost, sample_and_fit, training_work
 
 BASELINE = 98.0
 RATIOS = [4 * 2**i for i in range(12)]  # 4x .. 8192x: the grid steps
@@ -70,6 +70,45 @@ def test_predictor_json_round_trip_and_version():
         AccuracyPredictor.from_json("{")
 
 
+def _seconds_of(cell: CellFeatures) -> float:
+    """A cut's training seconds, as the ground truths show them: dearer the earlier the cut."""
+    return 40.0 / (1 + int(cell.cut[3:]))
+
+
+def test_a_time_budget_is_kept_and_the_probes_stop_at_a_third_of_it():
+    cells, truth = _family([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0])
+    seconds = 120.0
+    cost = TrainingCost(work=lambda c: training_work(10**6 / (1 + int(c.cut[3:])), 0), seconds=_seconds_of)
+    result = sample_and_fit(cells, 20, lambda cell: truth[cell], BASELINE, cost=cost, seconds=seconds)
+    spent = [_seconds_of(c) for c in result.order]
+    assert result.stopped == "seconds" and len(result.order) < 20
+    assert result.seconds == pytest.approx(sum(spent)) and result.seconds <= seconds
+    assert seconds - result.seconds < min(_seconds_of(c) for c in cells)  # nothing that fitted was left
+    # the probes (most compressed cells, one per cut, first): the cheaper of the two extremes
+    # first, and no probe started once a third of the time was spent
+    probes = [c for c in result.order if c.code_bytes == min(x.code_bytes for x in cells if x.cut == c.cut)]
+    assert result.order[:len(probes)] == probes and 2 <= len(probes) < 7
+    assert result.order[0].cut == "cut7"
+    assert sum(_seconds_of(c) for c in probes[:-1]) < seconds / 3
+    # without a time limit only the budget counts (the cost still picks the cheaper of two
+    # equally far first probes); without a cost nothing is charged
+    unlimited = sample_and_fit(cells, 20, lambda cell: truth[cell], BASELINE, cost=cost)
+    assert len(unlimited.order) == 20 and unlimited.stopped == "budget"
+    assert unlimited.seconds == pytest.approx(sum(_seconds_of(c) for c in unlimited.order))
+    assert unlimited.seconds > seconds
+    plain = sample_and_fit(cells, 20, lambda cell: truth[cell], BASELINE)
+    assert plain.order[0].cut == "cut0" and plain.seconds == 0
+
+
+def test_bad_time_budgets():
+    cells, truth = _family([0.0] * 8)
+    cost = TrainingCost(work=lambda c: 1.0, seconds=lambda c: 1.0)
+    with pytest.raises(InvalidConfigError, match=r"sampling seconds 0.*above 0 and with a training cost"):
+        sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, cost=cost, seconds=0)
+    with pytest.raises(InvalidConfigError, match=r"sampling seconds 30.*with a training cost"):
+        sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, seconds=30)
+
+
 def test_bad_baselines_and_budgets():
     with pytest.raises(InvalidConfigError, match="baseline accuracy 120"):
         fit_predictor(120.0, [])
@@ -104,17 +143,25 @@ def _grid(shifts):
     grid_cells = [
         {"cut": c.cut, "codec": c.codec, "cut_bytes": c.code_bytes * c.compression_ratio,
          "cut_position": c.cut_position, "bits": 8, "compression_ratio": c.compression_ratio,
-         "payload_bytes": int(c.code_bytes) + 60, "accuracy": truth[c], "train_examples": 1000}
+         "payload_bytes": int(c.code_bytes) + 60, "accuracy": truth[c], "train_examples": 1000,
+         "train_seconds": 2.0 * (8 - int(c.cut[3:]))}
         for c in cells
     ]
-    cuts = [{"label": f"cut{j}", "head_flops": 10**6 * (j + 1), "tail_flops": 10**6 * (8 - j)} for j in range(8)]
+    cuts = [{"label": f"cut{j}", "head_flops": 10**6 * (j + 1), "tail_flops": 10**6 * (8 - j),
+             "bytes_per_sample": 16384 / 2 ** (j // 2)} for j in range(8)]
     return {"baseline_accuracy": BASELINE, "space": {"cells": 480}, "cuts": cuts, "cells": grid_cells,
             "input_shape": [1, 16, 16], "num_classes": 10}
 
 
 def test_replay_reports_metrics_and_beats_baselines():
-    report = replay_grid(_grid([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0]), 20)
+    grid = _grid([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0])
+    report = replay_grid(grid, 20)
     assert report["cost_ratio"] == pytest.approx(480 * 1000 / (20 * 1000))
+    # in seconds: each trained cell its own, against the space at the mean learned cell's
+    seconds = {(c["cut"], c["codec"]): c["train_seconds"] for c in grid["cells"]}
+    assert report["cost_seconds"] == pytest.approx(sum(seconds[(t["cut"], t["codec"])] for t in report["trained"]))
+    assert report["cost_ratio_seconds"] == pytest.approx(480 * np.mean(list(seconds.values())) / report["cost_seconds"])
+    assert report["sampling_stopped"] == "budget" and report["sample_seconds_limit"] == 480
     assert report["space_cost_estimated"] is True
     assert report["knee_error_steps_max"] <= 1
     assert {b["method"] for b in report["baselines"]} == {"binary_search", "random", "per_cut_no_transfer"}
@@ -137,6 +184,16 @@ def test_bad_grids(edit, message):
     edit(grid)
     with pytest.raises(InvalidConfigError, match=message):
         validate_grid(grid, 12)
+
+
+def test_a_replay_in_seconds_needs_the_seconds_and_the_cuts_work():
+    grid = _grid([0.0] * 8)
+    del grid["cells"][3]["train_seconds"]
+    with pytest.raises(InvalidConfigError, match=r"grid cuts \['cut0'\].*train_seconds.*--sample-seconds 0"):
+        replay_grid(grid, 12)
+    assert replay_grid(grid, 12, seconds=None)["sampling_stopped"] == "budget"  # cells only
+    limited = replay_grid(_grid([0.0] * 8), 12, seconds=40)
+    assert limited["sampling_stopped"] == "seconds" and limited["cost_seconds"] <= 40
 
 
 def test_bench_predictor_cli_writes_the_report_and_the_per_cut_plot(tmp_path, capsys):
