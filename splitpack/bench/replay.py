@@ -247,12 +247,14 @@ def replay_grid(grid: dict, budget: int, *, tolerance: float = 1.0, max_drop: fl
     cut_records = {c["label"]: c for c in grid.get("cuts", [])}
     cost = None
     if seconds is not None:
-        missing = sorted({c["cut"] for c in cells if c["cut"] not in cut_records or "tail_flops" not in cut_records[c["cut"]]}
-                         | {c["cut"] for c in cells if "train_seconds" not in c})
-        if missing:
-            raise InvalidConfigError(
-                f"grid cuts {missing} have no tail_flops or cells without train_seconds, which a replay in seconds "
-                "needs; measure the grid again with this splitpack, or replay with --sample-seconds 0 (cells only)")
+        unmeasured = sorted({c["cut"] for c in cells if not {"tail_flops", "bytes_per_sample"} <= set(cut_records.get(c["cut"], {}))})
+        untimed = sorted({c["cut"] for c in cells if "train_seconds" not in c})
+        for cuts_missing, what in ((unmeasured, "no tail_flops or bytes_per_sample in the grid's cuts"),
+                                   (untimed, "cells without train_seconds")):
+            if cuts_missing:
+                raise InvalidConfigError(
+                    f"grid cuts {cuts_missing} have {what}, which a replay with a time limit needs; measure the "
+                    "grid again with this splitpack, or replay with --sample-seconds 0 (no time limit)")
         cost = TrainingCost(
             work=lambda f: training_work(cut_records[f.cut]["tail_flops"], cut_records[f.cut]["bytes_per_sample"] / 4),
             seconds=lambda f: by_features[f]["train_seconds"])

@@ -51,8 +51,8 @@ def add_bench_commands(commands) -> None:
     predictor.add_argument("--grid", required=True, help="grid JSON from `splitpack bench grid`")
     predictor.add_argument("--budget", type=int, default=20, help="cells the predictor may train (default 20, as compile)")
     predictor.add_argument("--sample-seconds", type=float, default=DEFAULT_SAMPLE_SECONDS,
-                           help="training seconds the predictor's sampling may spend, by the cells' recorded "
-                                f"train_seconds (default {DEFAULT_SAMPLE_SECONDS:g}, as compile; 0: cells only)")
+                           help="seconds the predictor's sampling may spend, by the cells' recorded "
+                                f"train_seconds (default {DEFAULT_SAMPLE_SECONDS:g}, as compile; 0: no limit)")
     predictor.add_argument("--tolerance", type=float, default=1.0, help="accuracy drop (points) that defines the knee")
     predictor.add_argument("--max-accuracy-drop", type=float, default=1.0, help="planning floor below the baseline")
     predictor.add_argument("--device-gflops", type=float, default=2.0,
@@ -197,8 +197,8 @@ def _cmd_bench_predictor(args) -> int:
                                  "write positive numbers joined by commas, e.g. 1,3,10,30,100")
     setting = LatencySetting(args.device_gflops, args.edge_gflops, args.rtt_ms, slowdowns)
     if args.sample_seconds < 0:
-        raise InvalidConfigError(f"--sample-seconds {args.sample_seconds:g} is negative; allowed: 0 (cells only) "
-                                 "or more")
+        raise InvalidConfigError(f"--sample-seconds {args.sample_seconds:g} is negative; allowed: 0 (no time "
+                                 "limit) or more")
     report = replay_grid(grid, args.budget, tolerance=args.tolerance, max_drop=args.max_accuracy_drop,
                          setting=setting, seconds=args.sample_seconds or None)
     report["grid"] = str(path)
@@ -221,7 +221,7 @@ def _cmd_bench_predictor(args) -> int:
     print(f"transfer sampled for {report['cost_seconds']:.0f} s of training (limit "
           f"{'none' if limit is None else f'{limit:g} s'}, stopped by {report['sampling_stopped']}): "
           f"{'-' if ratio is None else f'{ratio:.1f}x'} less than the whole space at the mean learned cell's "
-          f"seconds; the baselines get as many cells as its examples pay for; wrote {out}")
+          f"seconds; the baselines get as many cells as its examples pay for, at least the budget; wrote {out}")
     return 0
 
 

@@ -98,8 +98,9 @@ def add_bundle_commands(commands) -> None:
                           help="also emit TFLite heads (default on)")
     compile_.add_argument("--budget", type=int, help="cells trained for the predictor, at most (default 20)")
     compile_.add_argument("--sample-seconds", type=float,
-                          help="training seconds those cells may take, at most (default 480): cells differ "
-                               "by 50x in cost, the tail behind them trains with them")
+                          help="seconds those cells may take, at most, their features, training and evaluation "
+                               "(default 480; 0: no limit): a unit at an early cut trains with the whole tail "
+                               "behind it, up to 80x the seconds of one at the last cut")
     compile_.add_argument("--epochs", type=int, help="epochs per sampled cell (default 3)")
     compile_.add_argument("--final-epochs", type=int, help="epochs per bundled variant (default 3, as the sampled cells)")
     compile_.add_argument("--samples", type=int, help="sample inputs embedded for verify (default 32)")

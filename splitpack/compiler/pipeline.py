@@ -182,7 +182,8 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
                  baseline: float) -> SamplingResult:
     """Train up to ``settings.budget`` cells in up to ``settings.sample_seconds`` where they teach
     the predictor most, and fit it. A cell is charged the seconds it took here, the head's
-    features at its cut (when first there) and its evaluation included (``wall_seconds`` in its
+    features at its cut (computed again whenever sampling moves to the cut: one cut's are kept
+    at a time) and its evaluation included (``wall_seconds`` in its
     record, read back from the work folder on a second run, so that it samples the same cells),
     and estimated beforehand from its cut's work (``predictors.sampling.training_work``)."""
     if settings.budget > len(candidates):
@@ -203,9 +204,10 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
 
     result = sample_and_fit(candidates, settings.budget, lambda cell: record(cell)["accuracy"], baseline,
                             tolerance=settings.max_accuracy_drop, cost=TrainingCost(work, took),
-                            seconds=settings.sample_seconds)
-    _LOG.info(f"    sampled {len(result.order)} cells in {result.seconds:.0f} s of training "
-              f"(limits {settings.budget} cells, {settings.sample_seconds:g} s; stopped by {result.stopped})")
+                            seconds=settings.sample_seconds or None)
+    limit = f"{settings.sample_seconds:g} s" if settings.sample_seconds else "no time limit"
+    _LOG.info(f"    sampled {len(result.order)} cells in {result.seconds:.0f} s (their features, training and "
+              f"evaluation; limits {settings.budget} cells, {limit}; stopped by {result.stopped})")
     return result
 
 
@@ -220,7 +222,8 @@ def selection_key(settings: CompileSettings) -> str:
     settings it reads and the source of the code that makes it."""
     import importlib
 
-    read = {name: getattr(settings, name) for name in ("variants", "max_accuracy_drop", "bandwidth", "device_slowdown")}
+    read = {name: getattr(settings, name)
+            for name in ("variants", "max_accuracy_drop", "bandwidth", "device_slowdown", "budget", "sample_seconds")}
     code = hashlib.sha256()
     for name in _SELECTION_CODE:
         code.update(Path(importlib.import_module(name).__file__).read_bytes())
@@ -336,8 +339,8 @@ def _compile(settings: CompileSettings, out: Path) -> CompileResult:
 
     trainer = _Trainer(model, cuts, dataset, work, settings)
     candidates = [cell_features(cut, codec) for cut in cuts.values() for codec in codec_space(cut.shape)]
-    sampling = steps.run(f"sample and train up to {settings.budget} of {len(candidates)} cells "
-                         f"in {settings.sample_seconds:g} s", 
+    sampling = steps.run(f"sample and train up to {settings.budget} of {len(candidates)} cells"
+                         + (f" in {settings.sample_seconds:g} s" if settings.sample_seconds else ""),
                          sample_cells, settings, trainer, candidates, baseline)
     work.path("predictor.json").write_text(sampling.predictor.to_json())
     selection = steps.run(f"select {settings.variants} variants and train them", select_and_train,

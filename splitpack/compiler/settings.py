@@ -54,7 +54,7 @@ class CompileSettings(BaseModel):
     device_slowdown: float = Field(default=1.0, gt=0)
     tflite: bool = True
     budget: int = Field(default=20, ge=1)
-    sample_seconds: float = Field(default=DEFAULT_SAMPLE_SECONDS, gt=0)
+    sample_seconds: float = Field(default=DEFAULT_SAMPLE_SECONDS, ge=0)  # 0: no time limit
     epochs: int = Field(default=3, ge=1)
     final_epochs: int = Field(default=3, ge=1)
     samples: int = Field(default=32, ge=1, le=1024)
@@ -68,7 +68,10 @@ class CompileSettings(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what is trained (names the work folder)."""
-        identity = self.model_dump(exclude={"variants", "max_accuracy_drop", "bandwidth", "device_slowdown", "tflite"})
+        # a cell's training does not depend on how many cells are sampled: those settings key
+        # the selection (compiler.pipeline.selection_key), and the cells are kept across them
+        identity = self.model_dump(exclude={"variants", "max_accuracy_drop", "bandwidth", "device_slowdown", "tflite",
+                                            "budget", "sample_seconds"})
         files = {"weights_sha256": self.weights,  # what a path names can change under it
                  "model_sha256": self.model if self.model.endswith(".onnx") else None,
                  "data_sha256": self.data[len("npz:"):] if self.data.startswith("npz:") else None}

@@ -3,7 +3,8 @@
 1. **Free signals, when asked for** (``free_bits``): calibrated quantization (``q2``, ``q1``:
    no training, one evaluation of the test set each) at every cut, which places each cut's
    sensitivity before anything is trained; their evaluations count in ``bench predictor``'s
-   cost. Off by default: on the replays (20 trained cells, ``benchmarks/README.md``) they
+   cost. Off by default: on the replays (20 trained cells, counted without seconds, at the
+   time: ``benchmarks/README.md``) they
    raised the mean error on the ResNet-20 ground truth (6.72 points against 4.79) and on the
    MobileNetV2 grid (1.76 against 0.38): how much a learned unit recovers of what calibrated
    quantization loses differs from cut to cut and model to model, so ``q1`` says less about a
@@ -11,7 +12,7 @@
 2. **Then the most compressed cell** of a third of the budget's worth of cuts, spread over the
    depth (each next one farthest from those probed): where each cut's accuracy ends up fits
    the steepness of the cliffs and its trend over depth. These cells are far below any floor
-   and are trained on purpose; on the same replays, probing each cut at its predicted
+   and are trained on purpose; on the same replays (cells only), probing each cut at its predicted
    mid-cliff instead gave 6.13 and 3.10 points, no probes at all 10.3 and 3.10.
 3. **Then the rest of the budget, one cell at a time, where it decides the plan.** After each
    measurement the predictor is refitted; the next cell is the one whose side of the accuracy
@@ -29,15 +30,14 @@
    cells spent 41 minutes sampling 20 of them. With a ``TrainingCost`` the sampler charges
    each trained cell the seconds it took (the compile: all of its time, the head's features
    and the evaluation included; a replay: the grid's ``train_seconds``), stops the probes of
-   rule 2 once a third of ``seconds`` is spent (of two probe cuts as far in depth, the cheaper
-   goes first), and in rule 3 never starts a cell whose estimated seconds do not fit in what is
-   left, and weighs its score by that estimate (below). The estimate is the median of the cells
+   rule 2 once a third of ``seconds`` is spent, never starts a cell (after the first probe, which
+   is always trained) whose estimated seconds do not fit in what is left, and in rule 3 weighs
+   the score by that estimate (below). The estimate is the median of the cells
    trained at its cut, else its cut's work (the tail's FLOPs plus the cut tensor's elements)
    placed among the cuts trained so far (``_Costs``). Without a cost every cell costs one and
    only ``budget`` limits.
 
-   Rule 3's score is divided by the square root of the cell's estimated seconds (relative to
-   the open cells' median): between what a cell settles and what it settles per second. On the
+   Rule 3's score is divided by the square root of the cell's estimated seconds: between what a cell settles and what it settles per second. On the
    replays at 480 s (``bench predictor``, ``benchmarks/README.md``), mean error / knee error
    (ladder steps, worst cut) on the ResNet-20 and MobileNetV2 ground truths: without the
    division 4.79 / 2 and 3.49 / 4 (the MobileNet's 480 s bought 9 cells, most at the stem and
@@ -67,6 +67,7 @@ _FAR = 0.1
 MESSAGE_HEADER_BYTES = 80  # the wire message's header and framing (formats.wire), about
 _FLOOR_SHARE = 1 / 3
 _PROBE_SECONDS_SHARE = 1 / 3
+_LEAST_SECONDS = 1e-3  # what a cell is estimated at, at least (a grid may record 0 s)
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ class _Costs:
         if self.cost is None:
             return 1.0
         if cell.cut in self._at_cut:
-            return float(np.median(self._at_cut[cell.cut]))
+            return max(float(np.median(self._at_cut[cell.cut])), _LEAST_SECONDS)
         work = max(float(self.cost.work(cell)), 1e-12)
         if not self._at_cut:
             return work
-        known = sorted((self._work[c], max(float(np.median(s)), 1e-6)) for c, s in self._at_cut.items())
+        known = sorted((self._work[c], max(float(np.median(s)), _LEAST_SECONDS)) for c, s in self._at_cut.items())
         works, seconds = np.log([w for w, _ in known]), np.log([t for _, t in known])
         if work >= known[-1][0]:
             return known[-1][1] * work / known[-1][0]
@@ -149,7 +150,7 @@ class SamplingResult:
     order: list[CellFeatures]  # the trained (learned) cells, in order
     free: list[CellFeatures]  # the calibrated cells evaluated as free signals
     seconds: float = 0.0  # what the trained cells took, by the TrainingCost (0 without one)
-    stopped: str = "budget"  # why sampling ended: "budget" (cells), "seconds", or "space"
+    stopped: str = "budget"  # why sampling ended: "budget" (cells) or "seconds"
 
 
 def _key(cell: CellFeatures) -> tuple[str, str, float, int]:
@@ -175,8 +176,8 @@ def sample_and_fit(
     cost: TrainingCost | None = None,
     seconds: float | None = None,
 ) -> SamplingResult:
-    """Measure the free signals, train ``budget`` learned cells chosen as described above, and
-    fit the predictor on all of them.
+    """Measure the free signals, train up to ``budget`` learned cells (in up to ``seconds``)
+    chosen as described above, and fit the predictor on all of them.
 
     Args:
         candidates: every cell that could be measured; calibrated ones (``calibrated=True``)
@@ -201,10 +202,12 @@ def sample_and_fit(
     if budget > len(learned):
         raise InvalidConfigError(
             f"sampling budget {budget} exceeds the {len(learned)} candidate cells that train; lower --budget")
-    if seconds is not None and (cost is None or not seconds > 0):
-        raise InvalidConfigError(
-            f"sampling seconds {seconds!r}: allowed only above 0 and with a training cost (what cells take); "
-            "give both, or neither to count cells only")
+    if seconds is not None and not seconds > 0:
+        raise InvalidConfigError(f"sampling seconds {seconds!r} is not above 0; allowed: a number of seconds "
+                                 "above 0, or None to count cells only")
+    if seconds is not None and cost is None:
+        raise InvalidConfigError(f"sampling seconds {seconds!r} given without a training cost (what cells take); "
+                                 "give a TrainingCost too, or no seconds to count cells only")
     free = [c for c in candidates if c.calibrated and c.bits in free_bits]
     predictor = fit_predictor(baseline_accuracy, [(c, train(c)) for c in free])
     trained: dict[tuple[str, str, float, int], float] = {}
@@ -234,22 +237,23 @@ def sample_and_fit(
     while len(order) < probes and unprobed:
         # where each cut's accuracy ends up: its most compressed cell, at the cut farthest (in
         # depth) from the ones already probed; these fit the steepness and its depth trend
-        # (of two as far, the cheaper)
-        cut = max(unprobed, key=lambda c: (min(
+        cut = max(unprobed, key=lambda c: min(
             (abs(by_cut[c][0].cut_position - p) for p in sampled_positions),
-            default=abs(by_cut[c][0].cut_position - 0.5) + 1), -costs.estimate(by_cut[c][0])))
+            default=abs(by_cut[c][0].cut_position - 0.5) + 1))
         unprobed.remove(cut)
         pick = min(by_cut[cut], key=lambda c: (c.code_bytes, c.bits))
         probe_left = left(_PROBE_SECONDS_SHARE)
         if order and probe_left is not None and probe_left <= 0:
             break  # the probes' share of the time is spent
+        if order and not costs.fits(pick, left()):
+            continue  # more than is left of all the time: the next cut by depth
         sampled_positions.append(pick.cut_position)
         measure(pick)
     predictor.refit(calibrate=False)
     while len(order) < budget:
         open_cells = [c for c in learned if _key(c) not in trained and costs.fits(c, left())]
-        if not open_cells:
-            stopped = "seconds" if len(order) < len(learned) else "space"
+        if not open_cells:  # (the budget is at most the learned cells: the time is spent)
+            stopped = "seconds"
             break
         predictions = predictor.predict(open_cells)
         mean = np.array([p.accuracy for p in predictions])
@@ -257,7 +261,7 @@ def sample_and_fit(
         p = ndtr((mean - floor) / std)
         spread = np.array([1 + counts.get(c.cut, 0) for c in open_cells], dtype=float)
         dear = np.sqrt(np.array([costs.estimate(c) for c in open_cells]))
-        score = p * (1 - p) * np.array([_message_gain(c) for c in open_cells]) / spread / (dear / np.median(dear))
+        score = p * (1 - p) * np.array([_message_gain(c) for c in open_cells]) / spread / dear
         undecided = (p >= _FAR) & (p <= 1 - _FAR)
         if undecided.any():
             score = np.where(undecided, score, -np.inf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -260,7 +261,7 @@ def test_verify_cli_writes_nothing_to_stderr(compiled):
         ('model = "m.py:f"\nvariants = 9\n', r"variants: Input should be less than or equal to 5"),
         ('model = "m.py:f"\nbandwidth = "100:1"\n', r"bandwidth range '100:1' is malformed"),
         ('model = "m.py:f"\nbudget = 0\n', r"budget"),
-        ('model = "m.py:f"\nsample_seconds = 0\n', r"sample_seconds: Input should be greater than 0"),
+        ('model = "m.py:f"\nsample_seconds = -1\n', r"sample_seconds: Input should be greater than or equal to 0"),
         ("model = ", r"not valid TOML"),
     ],
 )
@@ -409,3 +410,49 @@ def test_the_selection_key_changes_with_the_code_that_makes_the_selection(user_p
 
     monkeypatch.setattr(selection, "__file__", str(edited))
     assert pipeline.selection_key(settings) != before
+
+
+def test_the_work_folder_outlives_the_sampling_limits_and_the_selection_does_not(user_project):
+    """Which cells are sampled keys the selection, not the cells: a second compile with another
+    --budget or --sample-seconds reuses every trained cell and makes its selection anew."""
+    from splitpack.compiler import pipeline
+
+    settings = _settings_for(user_project)
+    for change in ({"budget": 9}, {"sample_seconds": 60.0}, {"sample_seconds": 0.0}):
+        other = settings.model_copy(update=change)
+        assert other.fingerprint() == settings.fingerprint()
+        assert pipeline.selection_key(other) != pipeline.selection_key(settings)
+
+
+def test_sampling_charges_each_cell_its_whole_recorded_time(user_project):
+    """The compile's sampling is charged each cell's wall_seconds (features, training and
+    evaluation), estimated from its cut's work: a fake trainer whose cuts take 10 s or 100 s."""
+    from types import SimpleNamespace
+
+    from splitpack.compiler import pipeline
+    from splitpack.predictors.accuracy import CellFeatures
+
+    cuts = {f"cut{j}": SimpleNamespace(tail_flops=10**6 * (4 - j), bytes_per_sample=64) for j in range(4)}
+    candidates = [CellFeatures(f"cut{j}", (j + 0.5) / 4, 256 / r, 8, r, f"r{r}") for j in range(4)
+                  for r in (4, 16, 64, 256, 1024)]
+    calls = []
+
+    class FakeTrainer:
+        def __init__(self):
+            self.cuts = cuts
+
+        def cell(self, cut, codec, *, epochs, keep_artifacts):
+            calls.append((cut, codec))
+            ratio = int(codec[1:])
+            return {"accuracy": 90.0 - 10 * math.log2(ratio) / 10 * int(cut[3:]), "train_seconds": 1.0,
+                    "wall_seconds": 100.0 if cut == "cut0" else 10.0}
+
+    settings = _settings_for(user_project, budget=12, sample_seconds=150.0)
+    result = pipeline.sample_cells(settings, FakeTrainer(), candidates, 90.0)
+    walls = [100.0 if c.cut == "cut0" else 10.0 for c in result.order]
+    assert result.seconds == pytest.approx(sum(walls)) and result.seconds <= 150.0
+    assert result.stopped == "seconds" and len(result.order) < 12
+    # a limit of 0 is none: the budget alone counts
+    unlimited = pipeline.sample_cells(settings.model_copy(update={"sample_seconds": 0.0}), FakeTrainer(),
+                                      candidates, 90.0)
+    assert len(unlimited.order) == 12 and unlimited.stopped == "budget"

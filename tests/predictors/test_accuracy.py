@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -77,21 +78,19 @@ def _seconds_of(cell: CellFeatures) -> float:
 
 def test_a_time_budget_is_kept_and_the_probes_stop_at_a_third_of_it():
     cells, truth = _family([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0])
-    seconds = 120.0
+    seconds = 180.0
     cost = TrainingCost(work=lambda c: training_work(10**6 / (1 + int(c.cut[3:])), 0), seconds=_seconds_of)
     result = sample_and_fit(cells, 20, lambda cell: truth[cell], BASELINE, cost=cost, seconds=seconds)
     spent = [_seconds_of(c) for c in result.order]
     assert result.stopped == "seconds" and len(result.order) < 20
     assert result.seconds == pytest.approx(sum(spent)) and result.seconds <= seconds
     assert seconds - result.seconds < min(_seconds_of(c) for c in cells)  # nothing that fitted was left
-    # the probes (most compressed cells, one per cut, first): the cheaper of the two extremes
-    # first, and no probe started once a third of the time was spent
+    # the probes (most compressed cells, one per cut, first): no probe started once a third of
+    # the time was spent
     probes = [c for c in result.order if c.code_bytes == min(x.code_bytes for x in cells if x.cut == c.cut)]
     assert result.order[:len(probes)] == probes and 2 <= len(probes) < 7
-    assert result.order[0].cut == "cut7"
     assert sum(_seconds_of(c) for c in probes[:-1]) < seconds / 3
-    # without a time limit only the budget counts (the cost still picks the cheaper of two
-    # equally far first probes); without a cost nothing is charged
+    # without a time limit only the budget counts; without a cost nothing is charged
     unlimited = sample_and_fit(cells, 20, lambda cell: truth[cell], BASELINE, cost=cost)
     assert len(unlimited.order) == 20 and unlimited.stopped == "budget"
     assert unlimited.seconds == pytest.approx(sum(_seconds_of(c) for c in unlimited.order))
@@ -100,13 +99,39 @@ def test_a_time_budget_is_kept_and_the_probes_stop_at_a_third_of_it():
     assert plain.order[0].cut == "cut0" and plain.seconds == 0
 
 
-def test_bad_time_budgets():
+def test_no_probe_is_started_that_does_not_fit_the_whole_time():
+    """Here the later the cut, the dearer (5 s at cut0 to 40 s at cut7): after the first probe
+    (cut0) the next ones by depth (cut7, cut6, cut5: estimated 40, 35, 30 s) would overrun the
+    30 s and are skipped for cut4 (25 s), which spends the rest."""
     cells, truth = _family([0.0] * 8)
-    cost = TrainingCost(work=lambda c: 1.0, seconds=lambda c: 1.0)
-    with pytest.raises(InvalidConfigError, match=r"sampling seconds 0.*above 0 and with a training cost"):
-        sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, cost=cost, seconds=0)
-    with pytest.raises(InvalidConfigError, match=r"sampling seconds 30.*with a training cost"):
-        sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, seconds=30)
+    dear_late = lambda c: 5.0 * (1 + int(c.cut[3:]))  # noqa: E731
+    cost = TrainingCost(work=lambda c: 1.0 + int(c.cut[3:]), seconds=dear_late)
+    result = sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, cost=cost, seconds=30.0)
+    assert [c.cut for c in result.order] == ["cut0", "cut4"]
+    assert result.seconds == pytest.approx(sum(dear_late(c) for c in result.order)) and result.seconds <= 30.0
+    assert result.stopped == "seconds"
+
+
+@pytest.mark.parametrize("seconds, with_cost, message", [
+    (0, True, r"sampling seconds 0 is not above 0; allowed: a number of seconds above 0, or None"),
+    (-5.0, True, r"sampling seconds -5.0 is not above 0"),
+    (30, False, r"sampling seconds 30 given without a training cost.*give a TrainingCost too"),
+])
+def test_bad_time_budgets(seconds, with_cost, message):
+    cells, truth = _family([0.0] * 8)
+    cost = TrainingCost(work=lambda c: 1.0, seconds=lambda c: 1.0) if with_cost else None
+    with pytest.raises(InvalidConfigError, match=message):
+        sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE, cost=cost, seconds=seconds)
+
+
+def test_cells_recorded_at_zero_seconds_are_sampled_without_warnings():
+    cells, truth = _family([0.0, 0.5, 1.0, 1.2, 1.5, 2.0, 2.4, 3.0])
+    cost = TrainingCost(work=lambda c: 1.0, seconds=lambda c: 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = sample_and_fit(cells, 12, lambda cell: truth[cell], BASELINE, cost=cost, seconds=10.0)
+    assert len(result.order) == 12 and result.seconds == 0.0
+    assert len({c.cut for c in result.order}) >= 6  # spread over the cuts, not taken in list order
 
 
 def test_bad_baselines_and_budgets():
@@ -189,8 +214,13 @@ def test_bad_grids(edit, message):
 def test_a_replay_in_seconds_needs_the_seconds_and_the_cuts_work():
     grid = _grid([0.0] * 8)
     del grid["cells"][3]["train_seconds"]
-    with pytest.raises(InvalidConfigError, match=r"grid cuts \['cut0'\].*train_seconds.*--sample-seconds 0"):
+    with pytest.raises(InvalidConfigError, match=r"grid cuts \['cut0'\] have cells without train_seconds.*"
+                                                 r"--sample-seconds 0"):
         replay_grid(grid, 12)
+    flopless = _grid([0.0] * 8)
+    del flopless["cuts"][2]["bytes_per_sample"]
+    with pytest.raises(InvalidConfigError, match=r"grid cuts \['cut2'\] have no tail_flops or bytes_per_sample"):
+        replay_grid(flopless, 12)
     assert replay_grid(grid, 12, seconds=None)["sampling_stopped"] == "budget"  # cells only
     limited = replay_grid(_grid([0.0] * 8), 12, seconds=40)
     assert limited["sampling_stopped"] == "seconds" and limited["cost_seconds"] <= 40
