@@ -30,19 +30,25 @@
    cells spent 41 minutes sampling 20 of them. With a ``TrainingCost`` the sampler charges
    each trained cell the seconds it took (the compile: all of its time, the head's features
    and the evaluation included; a replay: the grid's ``train_seconds``), stops the probes of
-   rule 2 once a third of ``seconds`` is spent, never starts a cell (after the first probe, which
-   is always trained) whose estimated seconds do not fit in what is left, and in rule 3 weighs
-   the score by that estimate (below). The estimate is the median of the cells
-   trained at its cut, else its cut's work (the tail's FLOPs plus the cut tensor's elements)
-   placed among the cuts trained so far (``_Costs``). Without a cost every cell costs one and
-   only ``budget`` limits.
+   rule 2 once a third of ``seconds`` is spent, never starts a cell in rule 3 whose estimated
+   seconds do not fit in what is left, and weighs rule 3's score by that estimate (below). A
+   probe is never skipped on its estimate: a probe dearer than every cut trained so far can only
+   be extrapolated, from the cheap last cuts, whose fixed costs dominate (the stems were
+   estimated at 16-250 times what they took; a sampler that skipped on it probed only ``pool``
+   and ``flatten``, and a ResNet-20 compile of this session sampled its 20 cells there alone),
+   and a probe at most as dear as those trained always fits (they took under a third). So the
+   probes can overrun the limit by at most one probe (the MobileNetV2's stem: 153 s of 480).
+   The estimate is the median of the cells trained at its cut, else its cut's work (the tail's
+   FLOPs plus the cut tensor's elements) placed among the cuts trained so far (``_Costs``).
+   Without a cost every cell costs one and only ``budget`` limits.
 
-   Rule 3's score is divided by the square root of the cell's estimated seconds: between what a cell settles and what it settles per second. On the
-   replays at 480 s (``bench predictor``, ``benchmarks/README.md``), mean error / knee error
-   (ladder steps, worst cut) on the ResNet-20 and MobileNetV2 ground truths: without the
-   division 4.79 / 2 and 3.49 / 4 (the MobileNet's 480 s bought 9 cells, most at the stem and
-   the early blocks); by the seconds themselves 5.97 / 2 and 3.79 / 1 (the early cuts, where
-   the mean error is made, went unsampled); by their square root 4.48 / 1 and 3.33 / 1.
+   Rule 3's score is divided by the square root of the cell's estimated seconds: between what
+   a cell settles and what it settles per second. On the replays at 480 s (``bench
+   predictor``, ``benchmarks/README.md``), mean error / knee error (ladder steps, worst cut)
+   on the ResNet-20 and MobileNetV2 ground truths: without the division 4.79 / 2 and 3.49 / 4
+   (the MobileNet's 480 s bought 9 cells, most at the stem and the early blocks); by the
+   seconds themselves 5.97 / 2 and 3.79 / 1 (the early cuts, where the mean error is made, went
+   unsampled); by their square root 4.48 / 1 and 3.33 / 1.
 
 The loop is independent of where accuracies come from: ``bench predictor`` replays a measured
 grid, ``compile`` trains real cells.
@@ -245,8 +251,6 @@ def sample_and_fit(
         probe_left = left(_PROBE_SECONDS_SHARE)
         if order and probe_left is not None and probe_left <= 0:
             break  # the probes' share of the time is spent
-        if order and not costs.fits(pick, left()):
-            continue  # more than is left of all the time: the next cut by depth
         sampled_positions.append(pick.cut_position)
         measure(pick)
     predictor.refit(calibrate=False)
