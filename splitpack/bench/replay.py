@@ -2,9 +2,9 @@
 
 Each method may "train" cells of the grid up to a budget; a trained cell costs exactly its
 recorded ``train_examples`` (and, for the time limit the compile's sampling keeps and the
-seconds column, its recorded ``train_seconds``). Methods: the transferred predictor (``predictors.sampling``), and
-at the same budget per-cut binary search for the knee, uniform random sampling with one global
-model, and per-cut fitting without transfer. Every method is scored on the cells it did not
+seconds column, its recorded ``train_seconds``). Methods: the transferred predictor
+(``predictors.sampling``), and at the same budget per-cut binary search for the knee, uniform
+random sampling with one global model, and per-cut fitting without transfer. Every method is scored on the cells it did not
 train: error of predicted accuracy, knee error in grid steps, and the accuracy lost by
 planning with its predictions instead of the measured grid.
 """

@@ -183,16 +183,21 @@ def sample_cells(settings: CompileSettings, trainer: _Trainer, candidates: list[
     """Train up to ``settings.budget`` cells in up to ``settings.sample_seconds`` where they teach
     the predictor most, and fit it. A cell is charged the seconds it took here, the head's
     features at its cut (computed again whenever sampling moves to the cut: one cut's are kept
-    at a time) and its evaluation included (``wall_seconds`` in its
-    record, read back from the work folder on a second run, so that it samples the same cells),
-    and estimated beforehand from its cut's work (``predictors.sampling.training_work``)."""
+    at a time) and its evaluation included (``wall_seconds`` in its record, read back from the
+    work folder on a second run, so that it samples the same cells), and estimated beforehand
+    from its cut's work (``predictors.sampling.training_work``)."""
     if settings.budget > len(candidates):
         raise InvalidConfigError(
             f"budget {settings.budget} is larger than the {len(candidates)} cells the compiler considers "
             f"for this model (every cut x its codec space); allowed: 1..{len(candidates)}: lower --budget")
 
+    records: dict[tuple[str, str], dict] = {}  # each cell's record read once, for its accuracy and seconds
+
     def record(cell: CellFeatures) -> dict:
-        return trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)
+        key = (cell.cut, cell.codec)
+        if key not in records:
+            records[key] = trainer.cell(cell.cut, cell.codec, epochs=settings.epochs, keep_artifacts=False)
+        return records[key]
 
     def work(cell: CellFeatures) -> float:
         cut = trainer.cuts[cell.cut]

@@ -4,16 +4,15 @@
    no training, one evaluation of the test set each) at every cut, which places each cut's
    sensitivity before anything is trained; their evaluations count in ``bench predictor``'s
    cost. Off by default: on the replays (20 trained cells, counted without seconds, at the
-   time: ``benchmarks/README.md``) they
-   raised the mean error on the ResNet-20 ground truth (6.72 points against 4.79) and on the
-   MobileNetV2 grid (1.76 against 0.38): how much a learned unit recovers of what calibrated
-   quantization loses differs from cut to cut and model to model, so ``q1`` says less about a
-   learned cell than its evaluations cost.
+   time: ``benchmarks/README.md``) they raised the mean error on the ResNet-20 ground truth
+   (6.72 points against 4.79) and on the MobileNetV2 grid (1.76 against 0.38): how much a
+   learned unit recovers of what calibrated quantization loses differs from cut to cut and
+   model to model, so ``q1`` says less about a learned cell than its evaluations cost.
 2. **Then the most compressed cell** of a third of the budget's worth of cuts, spread over the
    depth (each next one farthest from those probed): where each cut's accuracy ends up fits
    the steepness of the cliffs and its trend over depth. These cells are far below any floor
-   and are trained on purpose; on the same replays (cells only), probing each cut at its predicted
-   mid-cliff instead gave 6.13 and 3.10 points, no probes at all 10.3 and 3.10.
+   and are trained on purpose; on the same replays (cells only), probing each cut at its
+   predicted mid-cliff instead gave 6.13 and 3.10 points, no probes at all 10.3 and 3.10.
 3. **Then the rest of the budget, one cell at a time, where it decides the plan.** After each
    measurement the predictor is refitted; the next cell is the one whose side of the accuracy
    floor is least certain, weighted toward compression and spread over the cuts:
@@ -102,7 +101,7 @@ def training_work(tail_flops: float, cut_elements: float) -> float:
 
 
 class _Costs:
-    """Estimated and charged seconds of the cells, from a ``TrainingCost`` (or one per cell).
+    """Estimated and charged seconds of the cells, from a ``TrainingCost`` (none without one).
 
     A cell at a cut with trained cells is estimated at their median; at another cut, from the
     cuts trained so far by their work: interpolated between them (log-log), the cheapest's
@@ -117,36 +116,32 @@ class _Costs:
         self._at_cut: dict[str, list[float]] = {}
         self._work: dict[str, float] = {}
 
-    @property
-    def in_seconds(self) -> bool:
-        """Whether estimates are seconds (a cell was charged), not only relative work."""
-        return self.cost is None or bool(self._at_cut)
-
-    def estimate(self, cell: CellFeatures) -> float:
+    def estimates(self, cells: list[CellFeatures]) -> np.ndarray:
+        """Each cell's estimated seconds (1 each without a cost); once a cell was charged."""
         if self.cost is None:
-            return 1.0
-        if cell.cut in self._at_cut:
-            return max(float(np.median(self._at_cut[cell.cut])), _LEAST_SECONDS)
-        work = max(float(self.cost.work(cell)), 1e-12)
-        if not self._at_cut:
-            return work
-        known = sorted((self._work[c], max(float(np.median(s)), _LEAST_SECONDS)) for c, s in self._at_cut.items())
+            return np.ones(len(cells))
+        median = {c: max(float(np.median(s)), _LEAST_SECONDS) for c, s in self._at_cut.items()}
+        known = sorted((self._work[c], t) for c, t in median.items())
         works, seconds = np.log([w for w, _ in known]), np.log([t for _, t in known])
-        if work >= known[-1][0]:
-            return known[-1][1] * work / known[-1][0]
-        return float(np.exp(np.interp(np.log(work), works, seconds)))
+        dearest_work, dearest_seconds = known[-1]
+
+        def estimate(cell: CellFeatures) -> float:
+            if cell.cut in median:
+                return median[cell.cut]
+            work = max(float(self.cost.work(cell)), 1e-12)
+            if work >= dearest_work:
+                return dearest_seconds * work / dearest_work
+            return float(np.exp(np.interp(np.log(work), works, seconds)))
+
+        return np.array([estimate(c) for c in cells])
 
     def charge(self, cell: CellFeatures) -> None:
         if self.cost is None:
-            self.spent += 1.0
             return
         took = max(float(self.cost.seconds(cell)), 0.0)
         self.spent += took
         self._at_cut.setdefault(cell.cut, []).append(took)
         self._work[cell.cut] = max(float(self.cost.work(cell)), 1e-12)
-
-    def fits(self, cell: CellFeatures, left: float | None) -> bool:
-        return left is None or not self.in_seconds or self.estimate(cell) <= left
 
 
 @dataclass
@@ -241,6 +236,9 @@ def sample_and_fit(
     probes = min(len(by_cut), int(math.ceil(budget * _FLOOR_SHARE)))
     unprobed = list(by_cut)
     while len(order) < probes and unprobed:
+        probe_left = left(_PROBE_SECONDS_SHARE)
+        if order and probe_left is not None and probe_left <= 0:
+            break  # the probes' share of the time is spent
         # where each cut's accuracy ends up: its most compressed cell, at the cut farthest (in
         # depth) from the ones already probed; these fit the steepness and its depth trend
         cut = max(unprobed, key=lambda c: min(
@@ -248,14 +246,15 @@ def sample_and_fit(
             default=abs(by_cut[c][0].cut_position - 0.5) + 1))
         unprobed.remove(cut)
         pick = min(by_cut[cut], key=lambda c: (c.code_bytes, c.bits))
-        probe_left = left(_PROBE_SECONDS_SHARE)
-        if order and probe_left is not None and probe_left <= 0:
-            break  # the probes' share of the time is spent
         sampled_positions.append(pick.cut_position)
         measure(pick)
     predictor.refit(calibrate=False)
     while len(order) < budget:
-        open_cells = [c for c in learned if _key(c) not in trained and costs.fits(c, left())]
+        open_cells = [c for c in learned if _key(c) not in trained]
+        dear = costs.estimates(open_cells)
+        if seconds is not None:  # only the cells that fit in what is left
+            fits = dear <= left()
+            open_cells, dear = [c for c, f in zip(open_cells, fits) if f], dear[fits]
         if not open_cells:  # (the budget is at most the learned cells: the time is spent)
             stopped = "seconds"
             break
@@ -264,8 +263,7 @@ def sample_and_fit(
         std = np.array([p.std for p in predictions])
         p = ndtr((mean - floor) / std)
         spread = np.array([1 + counts.get(c.cut, 0) for c in open_cells], dtype=float)
-        dear = np.sqrt(np.array([costs.estimate(c) for c in open_cells]))
-        score = p * (1 - p) * np.array([_message_gain(c) for c in open_cells]) / spread / dear
+        score = p * (1 - p) * np.array([_message_gain(c) for c in open_cells]) / spread / np.sqrt(dear)
         undecided = (p >= _FAR) & (p <= 1 - _FAR)
         if undecided.any():
             score = np.where(undecided, score, -np.inf)
@@ -273,4 +271,4 @@ def sample_and_fit(
         predictor.refit(calibrate=False)
     predictor.refit()  # and the σ scale, by leave-one-out
     return SamplingResult(predictor=predictor, trained=trained, order=order, free=free,
-                          seconds=costs.spent if cost is not None else 0.0, stopped=stopped)
+                          seconds=costs.spent, stopped=stopped)

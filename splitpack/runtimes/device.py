@@ -41,9 +41,9 @@ choice), one per ``PROBE_FAR_GAP_S`` while it is further (it was 1 s; a sweep of
 benchmark bundles with 0.25 s met the marks no less often, see benchmarks/README.md). The
 device does not wait for it: over an emulated ``link`` its bytes are handed to the link, and
 the next request takes in their time there once they have gone out (until then it answers
-locally: an upload would queue behind them); without one a worker thread POSTs them to ``/v1/probe`` and times the exchange
-less ``rtt_ms`` (requests stay local until it is back; the client's first exchange, which
-opens its connection, is not counted). So the transfer estimate follows the link at the
+locally: an upload would queue behind them); without one a worker thread POSTs them to
+``/v1/probe`` and times the exchange less ``rtt_ms`` (requests stay local until it is back;
+the client's first exchange, which opens its connection, is not counted). So the transfer estimate follows the link at the
 request pace while the device computes locally, for no device time
 (``stats["uplink_probes"]``, ``stats["uplink_probe_bytes"]``: the price is those bytes on the
 radio). Against an edge that has no probe route (404 or 405), or with ``uplink_probes=False``,
@@ -55,8 +55,9 @@ the best remote variant instead (``stats["explorations"]``): otherwise a runtime
 chose ``local`` on a bad link would never notice that the link recovered. The interval
 starts at ``probe_interval_s`` and doubles after each exploration that leaves ``local``
 preferred, up to ``MAX_EXPLORE_BACKOFF`` times ``probe_interval_s``; it is back at
-``probe_interval_s`` as soon as a remote variant is chosen. Each exploration is a request answered late when the edge is the worse choice, so a link that
-stays bad is explored less often (but never less than once per 2 intervals). The cap was 8
+``probe_interval_s`` as soon as a remote variant is chosen. Each exploration is a request
+answered late when the edge is the worse choice, so a link that stays bad is explored less
+often (but never less than once per 2 intervals). The cap was 8
 intervals; in the demo's schedule (``splitpack demo``: 20, 2, 0.3, 5 Mbit/s for 10 s each, a
 device 30x slower than this host) the runtime then answered locally for 7.5 s of the 5 Mbit/s
 phase, where a split variant took 9.8 ms against local's 17.5 (its median there 16.5 ms). An
