@@ -48,7 +48,7 @@
    (the MobileNet's 480 s bought 9 cells, most at the stem and the early blocks); by the
    seconds themselves 5.97 / 2 and 3.79 / 1 (the early cuts, where the mean error is made, went
    unsampled); by their square root 4.48 / 1 and 3.33 / 1 (with the predictor of the time,
-   ``splitpack-accuracy-predictor/2``; with today's: 4.00 / 1 and 2.97 / 1).
+   ``splitpack-accuracy-predictor/2``; with today's, ``/4``: 3.36 / 1 and 2.99 / 1).
 
 The loop is independent of where accuracies come from: ``bench predictor`` replays a measured
 grid, ``compile`` trains real cells.

@@ -82,6 +82,31 @@ def test_the_stride_cost_learned_over_depth_transfers_to_the_cells_not_trained()
     assert np.mean(errors) < 4.0, np.mean(errors)
 
 
+def test_a_floor_that_rises_with_depth_is_learned_from_the_probed_cuts():
+    """Eight cuts whose floor rises from 10 % to 60 % of a 90 % baseline (as the CIFAR
+    ResNet-20's collapsed cells do from the stem to stage 3); trained: every cell at the even
+    cuts. The odd cuts' cells more than 20 points below the baseline are predicted from the
+    floor's depth trend (0.7 points off on average; one floor for every depth: 4.0)."""
+    baseline = 90.0
+    cells, truth = [], {}
+    for j in range(8):
+        position = (j + 0.5) / 8
+        floor = (0.10 + 0.50 * position) * baseline
+        for f in (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16):
+            for s in (1, 2, 4):
+                z = 5.0 + 1.2 * math.log2(f) - 1.2 * math.log2(s)
+                cell = CellFeatures(f"cut{j}", position, 1024 * f / s**2, 8, 4 * s**2 / f, f"c{f}s{s}",
+                                    channel_fraction=f, stride=s)
+                cells.append(cell)
+                truth[cell] = floor + (baseline - floor) / (1 + math.exp(-z))
+    trained = [c for c in cells if int(c.cut[3:]) % 2 == 0]
+    predictor = fit_predictor(baseline, [(c, truth[c]) for c in trained])
+    assert predictor.params["shared"]["floor1"] > 0.3  # the truth's: 0.5
+    low = [c for c in cells if c not in trained and truth[c] < baseline - 20]
+    errors = [abs(p.accuracy - truth[c]) for c, p in zip(low, predictor.predict(low))]
+    assert low and np.mean(errors) < 3.0, np.mean(errors)
+
+
 def test_predictor_json_round_trip_and_version():
     cells, truth = _family([0.0] * 8)
     result = sample_and_fit(cells, 8, lambda cell: truth[cell], BASELINE)
