@@ -11,7 +11,8 @@ What the grids show (``benchmarks/results/cifar_*_ground_truth.json``, ``*_grid.
   much as doubling the stride, though the stride removes four times the bytes (``c8s2b8`` at
   128× beats ``c4s1b8`` at 64× at every ResNet stage-3 cut), and bits cost least of all.
 * What a stride costs depends on depth: at the ResNet-20's stem one channel of 16 at stride 1
-  keeps 79.6 % (of 86.5) and stride 4 of it 24.8 %; at ``layer3.2`` 82.4 % and 82.6 %.
+  keeps 79.6 % (of 86.5) and stride 4 of it 24.8 %; at ``layer3.2`` (4 channels of 64) 81.8 %
+  and 83.4 %.
 * A cut's calibrated quantization (``q2``, ``q1``: no training, one evaluation each) already
   tells how sensitive it is: the cuts whose ``q1`` loses 12–14 points are the ones where
   learned 1-bit codes lose 2–3 points and projections collapse first.
@@ -23,7 +24,7 @@ Model. For a learned cell at cut j keeping the fraction f of the channels at str
 with A the baseline, p_j the cut's depth (0 to 1), F = (φ0 + φ1·(p_j − ½))·A the floor (a
 fraction of the baseline with a trend over depth, clipped to 0–95 %) and β(b) the bits' cost,
 α_b·2^(1−b) for a projection (fewer channels or a stride) and α_full·2^(1−b) for a code that
-keeps every channel (the last two points below); a calibrated cell ``q{b}`` at the same cut has
+keeps every channel (the log2(bits) point of what was tried, below); a calibrated cell ``q{b}`` at the same cut has
 z = a_j + k_j · (−α_q·2^(1−b) − γ). The slopes α_f, α_s, the bits' slopes, α_q, γ, the stride's
 depth trend ρ0, ρ1 and the floor's φ0, φ1 (``floor``, ``floor1``) are shared by every cut: that
 is the transfer. Each cut has an offset a_j (where its cliff is) and a steepness k_j (how fast
@@ -432,8 +433,18 @@ class AccuracyPredictor:
             raise InvalidConfigError(
                 f"predictor JSON keys {sorted(set(data) ^ expected)} are unexpected or missing; expected {sorted(expected)}"
             )
+        params = data["params"]
+        shared = params.get("shared") if isinstance(params, dict) else None
+        cuts = params.get("cuts") if isinstance(params, dict) else None
+        if params and (not isinstance(shared, dict) or set(shared) != set(_SHARED) or not isinstance(cuts, dict)
+                       or any(not isinstance(v, list) or len(v) != 2 for v in cuts.values())):
+            found = sorted(shared) if isinstance(shared, dict) else shared
+            raise InvalidConfigError(
+                f"predictor JSON params: shared parameters {found!r} and cuts of (offset, steepness) pairs "
+                f"expected, the shared ones exactly {sorted(_SHARED)}; refit the predictor with this version")
         data.pop("format")
-        data["params"]["cuts"] = {k: tuple(v) for k, v in data["params"]["cuts"].items()}
+        if params:
+            params["cuts"] = {k: tuple(v) for k, v in cuts.items()}
         return AccuracyPredictor(**data)
 
 

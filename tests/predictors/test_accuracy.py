@@ -119,6 +119,10 @@ def test_predictor_json_round_trip_and_version():
         AccuracyPredictor.from_json(result.predictor.to_json().replace(PREDICTOR_FORMAT, "splitpack-accuracy-predictor/9"))
     with pytest.raises(InvalidConfigError, match="not valid JSON"):
         AccuracyPredictor.from_json("{")
+    saved = json.loads(result.predictor.to_json())
+    del saved["params"]["shared"]["floor1"]
+    with pytest.raises(InvalidConfigError, match="shared parameters .* exactly"):
+        AccuracyPredictor.from_json(json.dumps(saved))
 
 
 def _seconds_of(cell: CellFeatures) -> float:
