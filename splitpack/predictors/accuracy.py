@@ -24,15 +24,15 @@ Model. For a learned cell at cut j keeping the fraction f of the channels at str
 with A the baseline, p_j the cut's depth (0 to 1), F = (φ0 + φ1·(p_j − ½))·A the floor (a
 fraction of the baseline with a trend over depth, clipped to 0–95 %) and β(b) the bits' cost,
 α_b·2^(1−b) for a projection (fewer channels or a stride) and α_full·2^(1−b) for a code that
-keeps every channel (the log2(bits) point of what was tried, below); a calibrated cell ``q{b}`` at the same cut has
-z = a_j + k_j · (−α_q·2^(1−b) − γ). The slopes α_f, α_s, the bits' slopes, α_q, γ, the stride's
-depth trend ρ0, ρ1 and the floor's φ0, φ1 (``floor``, ``floor1``) are shared by every cut: that
-is the transfer. Each cut has an offset a_j (where its cliff is) and a steepness k_j (how fast
-it falls: the late ResNet cuts lose 10 points over the whole ladder, the early ones 65), both
-with hierarchical priors, linear trends over cut depth whose coefficients are fitted too, so
-that one or two trained cells place a cut and a cut with none
-is predicted from its depth. One more prior holds at every cut of every grid measured: every
-channel at 8 bits and stride 1 keeps the baseline (± 0.5 points). All of it is one
+keeps every channel (the log2(bits) point of what was tried, below); a calibrated cell
+``q{b}`` at the same cut has z = a_j + k_j · (−α_q·2^(1−b) − γ). The slopes α_f, α_s, the bits'
+slopes, α_q, γ, the stride's depth trend ρ0, ρ1 and the floor's φ0, φ1 (``floor``,
+``floor1``) are shared by every cut: that is the transfer. Each cut has an offset a_j (where
+its cliff is) and a steepness k_j (how fast it falls: the late ResNet cuts lose 10 points over
+the whole ladder, the early ones 65), both with hierarchical priors, linear trends over cut
+depth whose coefficients are fitted too, so that one or two trained cells place a cut and a cut
+with none is predicted from its depth. One more prior holds at every cut of every grid
+measured: every channel at 8 bits and stride 1 keeps the baseline (± 0.5 points). All of it is one
 maximum-a-posteriori least-squares fit (SciPy's ``least_squares`` from a few starting points,
 residuals in accuracy points, each prior as residuals of one point per standard deviation).
 Cells that were measured are answered with their measurement.
@@ -85,9 +85,10 @@ What was tried and dropped:
   per cut, e^ρ_j, about that trend (prior sd 0.5): in sample 1.12 / 0.65 / 0.49 / 0.37, but
   replays 3.84 / 3.41 / 0.78 / 3.06, since the samples rarely hold a cut's stride and channel
   costs apart. Fixed designs of two cells a cut (the most compressed and the fewest channels
-  at stride 1, 8 bits) with s − 1 and the per-cut factor: 2.08 (ResNet-20) and 1.39 (MobileNetV2), but
-  that design trains for 332 s and 1,042 s, the MobileNetV2's beyond the compile's 480 s; with
-  the sampler's probes made that pair, the replays read 3.49 / 3.62 / 1.48 / 6.52.
+  at stride 1, 8 bits) with s − 1 and the per-cut factor: 2.08 (ResNet-20) and 1.39
+  (MobileNetV2), but that design trains for 332 s and 1,042 s, the MobileNetV2's beyond the
+  compile's 480 s; with the sampler's probes made that pair, the replays read 3.49 / 3.62 /
+  1.48 / 6.52.
 
 Saved as JSON (observations, fitted parameters and scale), never pickle.
 """
@@ -116,7 +117,8 @@ _SHARED = ("alpha_f", "alpha_s", "alpha_b", "alpha_full", "gamma", "alpha_q", "o
            "floor", "rho0", "rho1", "floor1")
 # (prior mean, prior standard deviation, lower bound, upper bound). The slopes' means are the
 # bytes model (each halving of the codes costs the same), which the data then overrides; the
-# floor is a fraction of the baseline.
+# floor is a fraction of the baseline (at mid-depth; floor1 its trend), rho0/rho1 the stride
+# cost's log trend over depth.
 _PRIORS = {
     "alpha_f": (1.2, 1.0, 0.05, 10.0),
     "alpha_s": (1.2, 1.0, 0.0, 10.0),

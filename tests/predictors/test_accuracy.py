@@ -57,23 +57,34 @@ def test_transfer_recovers_every_knee_within_one_step(shifts):
         assert abs(RATIOS.index(true_knee) - RATIOS.index(guessed_knee)) <= 1, (cut, true_knee, guessed_knee)
 
 
+def _projections(cuts: int, accuracy) -> tuple[list[CellFeatures], dict[CellFeatures, float]]:
+    """Cells keeping 1 to 1/16 of the channels at stride 1, 2 or 4 (8 bits) at ``cuts`` cuts
+    spread over the depth; ``accuracy(position, f, s)`` is each one's true accuracy."""
+    cells, truth = [], {}
+    for j in range(cuts):
+        position = (j + 0.5) / cuts
+        for f in (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16):
+            for s in (1, 2, 4):
+                cell = CellFeatures(f"cut{j}", position, 1024 * f / s**2, 8, 4 * s**2 / f, f"c{f}s{s}",
+                                    channel_fraction=f, stride=s)
+                cells.append(cell)
+                truth[cell] = accuracy(position, f, s)
+    return cells, truth
+
+
 def test_the_stride_cost_learned_over_depth_transfers_to_the_cells_not_trained():
     """Projections at six cuts whose stride costs 6x at the first and 1x at the last (as on the
     CIFAR ResNet-20's stem and stage 3), two cells trained a cut: the fewest channels at
     stride 1, and a quarter of them at stride 4. A stride cost shared by every depth misses
     the other 78 cells by 12 points on average (73 at worst); the depth trend learns it."""
     baseline, floor = 90.0, 15.0
-    cells, truth = [], {}
-    for j in range(6):
-        position = (j + 0.5) / 6
+
+    def accuracy(position, f, s):
         alpha_s = 2.4 * math.exp(-2.0 * (position - 0.5))
-        for f in (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16):
-            for s in (1, 2, 4):
-                z = 6.0 + 1.2 * math.log2(f) - alpha_s * math.log2(s)
-                cell = CellFeatures(f"cut{j}", position, 1024 * f / s**2, 8, 4 * s**2 / f, f"c{f}s{s}",
-                                    channel_fraction=f, stride=s)
-                cells.append(cell)
-                truth[cell] = floor + (baseline - floor) / (1 + math.exp(-z))
+        z = 6.0 + 1.2 * math.log2(f) - alpha_s * math.log2(s)
+        return floor + (baseline - floor) / (1 + math.exp(-z))
+
+    cells, truth = _projections(6, accuracy)
     trained = [c for c in cells if (c.fraction, c.stride) in ((1 / 16, 1), (1 / 4, 4))]
     predictor = fit_predictor(baseline, [(c, truth[c]) for c in trained])
     rest = [c for c in cells if c not in trained]
@@ -88,17 +99,13 @@ def test_a_floor_that_rises_with_depth_is_learned_from_the_probed_cuts():
     cuts. The odd cuts' cells more than 20 points below the baseline are predicted from the
     floor's depth trend (0.7 points off on average; one floor for every depth: 4.0)."""
     baseline = 90.0
-    cells, truth = [], {}
-    for j in range(8):
-        position = (j + 0.5) / 8
+
+    def accuracy(position, f, s):
         floor = (0.10 + 0.50 * position) * baseline
-        for f in (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16):
-            for s in (1, 2, 4):
-                z = 5.0 + 1.2 * math.log2(f) - 1.2 * math.log2(s)
-                cell = CellFeatures(f"cut{j}", position, 1024 * f / s**2, 8, 4 * s**2 / f, f"c{f}s{s}",
-                                    channel_fraction=f, stride=s)
-                cells.append(cell)
-                truth[cell] = floor + (baseline - floor) / (1 + math.exp(-z))
+        z = 5.0 + 1.2 * math.log2(f) - 1.2 * math.log2(s)
+        return floor + (baseline - floor) / (1 + math.exp(-z))
+
+    cells, truth = _projections(8, accuracy)
     trained = [c for c in cells if int(c.cut[3:]) % 2 == 0]
     predictor = fit_predictor(baseline, [(c, truth[c]) for c in trained])
     assert predictor.params["shared"]["floor1"] > 0.3  # the truth's: 0.5
